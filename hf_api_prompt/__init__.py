@@ -1,0 +1,12 @@
+"""Attention Prompting on Image (Yu et al., ECCV 2024) as a Hugging Face ``datasets`` plugin.
+
+>>> from hf_api_prompt import ImagePrompter, PrompterConfig
+"""
+
+from ._version import __version__
+from .backends import available_backends, register_backend
+from .config import PrompterConfig
+from .inputs import RowError
+from .prompter import ImagePrompter
+
+__all__ = ["ImagePrompter", "PrompterConfig", "RowError", "available_backends", "register_backend", "__version__"]

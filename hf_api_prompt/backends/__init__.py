@@ -1,0 +1,11 @@
+"""Auxiliary-model backends: one file each, one base class, a registry.
+
+>>> from hf_api_prompt.backends import available_backends
+>>> "clip" in available_backends()
+True
+"""
+
+from .base import Backend, BackendOutput, available_backends, get_backend, register_backend
+from . import clip  # noqa: F401  (registers "clip")
+
+__all__ = ["Backend", "BackendOutput", "available_backends", "get_backend", "register_backend"]

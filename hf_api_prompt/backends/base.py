@@ -1,0 +1,106 @@
+"""The backend contract: images + questions in, grid masks out."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Type
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import PrompterConfig
+
+logger = logging.getLogger(__name__)
+
+_REGISTRY: Dict[str, Type["Backend"]] = {}
+
+
+def register_backend(cls: Type["Backend"]) -> Type["Backend"]:
+    """Class decorator: make ``cls`` available as ``ImagePrompter(cls.name)``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_backends() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> Type["Backend"]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; available: {available_backends()}") from None
+
+
+@dataclasses.dataclass
+class BackendOutput:
+    """What a backend returns for a batch.
+
+    Attributes:
+        masks: float32 ``[B, gh, gw]`` final grid masks in [0, 1], row 0 at the top.
+        boxes: per image, the grid-coordinate box that the whole image maps to
+            under ``geometry="aligned"``.
+        extra_columns: backend-specific per-row outputs (e.g. an answer).
+    """
+
+    masks: np.ndarray
+    boxes: List[Tuple[float, float, float, float]]
+    extra_columns: Dict[str, list] = dataclasses.field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pick_device(requested: Optional[str], rank: Optional[int]) -> torch.device:
+    """An explicit device wins; otherwise ``cuda:{rank % n}`` when GPUs exist, else CPU."""
+    if requested is not None:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", (rank or 0) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: Optional[str], device: torch.device) -> torch.dtype:
+    """An explicit dtype wins; float16 on CUDA, float32 elsewhere."""
+    if requested is not None:
+        return getattr(torch, requested)
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+class Backend:
+    """Base class: a subclass sets ``name`` and ``defaults`` and implements the hooks.
+
+    Construction must be cheap and must validate everything that can be checked
+    without loading weights; ``load`` happens lazily, once per process.
+    """
+
+    name: ClassVar[str]
+    #: paper defaults for ``model``, ``pretrained`` and ``layer_index``.
+    defaults: ClassVar[dict]
+
+    def __init__(self, config: PrompterConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        self.dtype = pick_dtype(config.dtype, device)
+
+    @classmethod
+    def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
+        """Validate ``config`` without loading weights; may fill ``weights_sha256``."""
+        return config
+
+    @classmethod
+    def grid_shape(cls, config: PrompterConfig) -> Tuple[int, int]:
+        """``(gh, gw)`` of the heatmap this config produces."""
+        raise NotImplementedError
+
+    def __call__(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BackendOutput:
+        raise NotImplementedError

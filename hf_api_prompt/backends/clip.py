@@ -1,0 +1,256 @@
+"""Backend "clip": open_clip ViT, [CLS] attention decomposition at one block.
+
+METHOD.md, "Backend clip". Only block ``layer_index`` is examined, and the
+forward pass stops after it: the maps are scored against
+``u = ln_post.weight * (proj @ t)``, and everything the reference code applies
+after block L (later blocks' contributions are not part of either map; ln_post's
+centering and scale, the embedding norm) adds a per-image constant or a positive
+per-image factor, which the min-max normalisation removes. So the result is the
+authors' mask at the cost of ``layer_index + 1`` blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .. import masks
+from ..config import PrompterConfig
+from .base import Backend, BackendOutput, register_backend, sha256_file
+
+logger = logging.getLogger(__name__)
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _read_local_config(path: str) -> dict:
+    config_path = Path(path) / "open_clip_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"model 'local-dir:{path}' has no open_clip_config.json (expected {config_path})")
+    return json.loads(config_path.read_text())
+
+
+def _local_weights(path: str) -> Path:
+    for name in _WEIGHT_FILES:
+        if (Path(path) / name).is_file():
+            return Path(path) / name
+    raise FileNotFoundError(f"model 'local-dir:{path}' has no weights file (expected one of {list(_WEIGHT_FILES)})")
+
+
+def open_clip_config(model: str) -> dict:
+    """``{"model_cfg": ..., "preprocess_cfg": ...}`` for a model name, without loading weights."""
+    import open_clip
+
+    if model.startswith(LOCAL_DIR):
+        return _read_local_config(model[len(LOCAL_DIR):])
+    if model.startswith(HF_HUB):
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(model[len(HF_HUB):], "open_clip_config.json")).read_text())
+    model_cfg = open_clip.get_model_config(model)
+    if model_cfg is None:
+        raise ValueError(
+            f"unknown open_clip model {model!r}: not in open_clip.list_models(); "
+            "use a listed name, 'hf-hub:org/name' or 'local-dir:/path'"
+        )
+    return {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model) or {}}
+
+
+def _vision_cfg(model: str) -> dict:
+    vision = open_clip_config(model)["model_cfg"].get("vision_cfg", {})
+    if "timm_model_name" in vision and vision["timm_model_name"] or not isinstance(vision.get("layers"), int):
+        raise ValueError(f"backend 'clip' needs an open_clip VisionTransformer; {model!r} has a different image tower")
+    return vision
+
+
+@register_backend
+class ClipBackend(Backend):
+    """open_clip ViT with a [CLS] token (see module docstring)."""
+
+    name = "clip"
+    defaults = {"model": "ViT-L-14-336", "pretrained": "openai", "layer_index": 22}
+
+    @classmethod
+    def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
+        import open_clip
+
+        for name in ("max_new_tokens", "answer_column"):
+            if getattr(config, name) is not None:
+                raise ValueError(f"{name} applies to generative backends (llava), not to 'clip'")
+        vision = _vision_cfg(config.model)
+        if not 0 <= config.layer_index < vision["layers"]:
+            raise ValueError(
+                f"layer_index {config.layer_index} is out of range for {config.model!r}, "
+                f"whose image tower has {vision['layers']} blocks (valid: 0..{vision['layers'] - 1})"
+            )
+        if config.geometry == "aligned":
+            cls._check_aligned(open_clip_config(config.model).get("preprocess_cfg", {}), config.model)
+        digest = None
+        if config.model.startswith(LOCAL_DIR):
+            digest = sha256_file(_local_weights(config.model[len(LOCAL_DIR):]))
+        elif config.model.startswith(HF_HUB):
+            pass  # the repo id is the identifier; weights come from the Hub cache
+        elif config.pretrained is None:
+            warnings.warn(
+                f"{config.model} with pretrained=None has RANDOM weights: masks show the arithmetic, not relevance",
+                UserWarning,
+                stacklevel=4,
+            )
+        elif os.path.isfile(config.pretrained):
+            digest = sha256_file(Path(config.pretrained))
+        elif config.pretrained not in open_clip.list_pretrained_tags_by_model(config.model):
+            raise ValueError(
+                f"pretrained {config.pretrained!r} is neither a weights file nor a known tag for {config.model!r} "
+                f"(known tags: {open_clip.list_pretrained_tags_by_model(config.model)})"
+            )
+        return config.replace(weights_sha256=digest)
+
+    @staticmethod
+    def _check_aligned(preprocess_cfg: dict, model: str):
+        size = preprocess_cfg.get("size", 224)
+        square = isinstance(size, int) or size[0] == size[1]
+        if preprocess_cfg.get("resize_mode", "shortest") not in ("shortest", "squash") or not square:
+            raise ValueError(f"geometry='aligned' supports square 'shortest' or 'squash' preprocessing; {model!r} uses {preprocess_cfg}")
+
+    @classmethod
+    def grid_shape(cls, config: PrompterConfig) -> Tuple[int, int]:
+        vision = _vision_cfg(config.model)
+        size, patch = vision.get("image_size", 224), vision.get("patch_size", 16)
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        return size[0] // patch[0], size[1] // patch[1]
+
+    def __init__(self, config: PrompterConfig, device: torch.device):
+        super().__init__(config, device)
+        import open_clip
+
+        precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+        logger.info("loading open_clip %s (pretrained=%s) on %s as %s", config.model, config.pretrained, device, precision)
+        pretrained = None if config.model.startswith((LOCAL_DIR, HF_HUB)) else config.pretrained
+        model, _, self.preprocess = open_clip.create_model_and_transforms(
+            config.model, pretrained=pretrained, precision=precision, device=device
+        )
+        self.model = model.eval()
+        self.tokenizer = open_clip.get_tokenizer(config.model)
+        self._check_architecture()
+        self.preprocess_cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}) or {})
+
+    def _check_architecture(self):
+        visual = getattr(self.model, "visual", None)
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        problems = []
+        if blocks is None or not hasattr(visual, "_embeds"):
+            problems.append("no ViT image tower")
+        else:
+            if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+                problems.append("pooling is not the [CLS] token")
+            if getattr(visual, "proj", None) is None or getattr(visual, "final_ln_after_pool", False):
+                problems.append("no linear projection after ln_post")
+            if not isinstance(blocks[self.config.layer_index].attn, torch.nn.MultiheadAttention):
+                problems.append("custom attention blocks")
+            if not visual.transformer.batch_first:
+                problems.append("sequence-first transformer")
+        if problems:
+            raise ValueError(f"backend 'clip' cannot read {self.config.model!r}: {', '.join(problems)}")
+
+    # ------------------------------------------------------------------ text
+    def encode_questions(self, questions: Sequence[str]) -> torch.Tensor:
+        """Unit text embeddings ``[B, E]`` (float32); each distinct question is encoded once."""
+        unique = list(dict.fromkeys(questions))
+        tokens = self.tokenizer(unique).to(self.device)
+        features = self._encode_text(tokens).float()
+        features = F.normalize(features, dim=-1)
+        return features[torch.tensor([unique.index(q) for q in questions], device=self.device)]
+
+    def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        causal = getattr(model, "attn_mask", None) is not None and getattr(model, "text_pool_type", None) == "argmax"
+        if not causal or not hasattr(model, "token_embedding"):
+            return model.encode_text(tokens)
+        # Causal attention: positions after the end-of-text token cannot change it,
+        # so encoding only up to the longest question is exact (and several times cheaper).
+        length = int(tokens.argmax(dim=-1).max()) + 1
+        tokens = tokens[:, :length]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        projection = model.text_projection
+        return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+    # ----------------------------------------------------------------- image
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.preprocess(image) for image in images]).to(self.device, self.dtype)
+
+    def raw_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Attention map and token map ``[B, gh, gw]`` (float32) of METHOD.md steps 3-5."""
+        visual = self.model.visual
+        layer = self.config.layer_index
+        blocks = visual.transformer.resblocks
+        x = visual._embeds(pixels)
+        for block in blocks[:layer]:
+            x = block(x)
+        block = blocks[layer]
+        # u: the text direction pulled back through proj and ln_post's gain.
+        u = visual.ln_post.weight.float() * (text @ visual.proj.float().T)
+        attention = self._cls_attention_scores(block, x, u)
+        tokens = (block(x)[:, 1:].float() * u[:, None, :]).sum(-1)
+        gh, gw = visual.grid_size
+        return attention.reshape(-1, gh, gw), tokens.reshape(-1, gh, gw)
+
+    @staticmethod
+    def _cls_attention_scores(block, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``A[m] = c[m] . u`` for the [CLS] query of ``block``, patch sources only.
+
+        ``c[m] = sum_j a_j[m] W_out[:, j] v_j[m]``, so ``c[m] . u = sum_j a_j[m]
+        (v_j[m] . W_out[:, j]^T u)``: the per-head, per-source vectors never need
+        to be formed (the reference code builds them for every block).
+        """
+        attn = block.attn
+        h = block.ln_1(x).float()
+        batch, n, width = h.shape
+        heads = attn.num_heads
+        head_dim = width // heads
+        weight = attn.in_proj_weight.float()
+        bias = attn.in_proj_bias.float() if attn.in_proj_bias is not None else torch.zeros(3 * width, device=h.device)
+        q = F.linear(h[:, 0], weight[:width], bias[:width]).view(batch, heads, 1, head_dim)
+        k, v = F.linear(h, weight[width:], bias[width:]).view(batch, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        probs = torch.softmax((q * head_dim ** -0.5) @ k.transpose(-1, -2), dim=-1)[:, :, 0]  # [B, heads, n]
+        gamma = getattr(block.ls_1, "gamma", None)
+        direction = u * gamma.float() if gamma is not None else u
+        w = (direction @ attn.out_proj.weight.float()).view(batch, heads, 1, head_dim)
+        values = (v * w).sum(-1)  # [B, heads, n]
+        return (probs * values).sum(1)[:, 1:]
+
+    def grid_box(self, size: Tuple[int, int]) -> Tuple[float, float, float, float]:
+        """Grid-coordinate box covering the whole image, inverting resize + center crop."""
+        gh, gw = self.model.visual.grid_size
+        if self.preprocess_cfg.get("resize_mode", "shortest") == "squash":
+            return (0.0, 0.0, float(gw), float(gh))
+        side = self.preprocess_cfg.get("size", self.model.visual.image_size[0])
+        side = side if isinstance(side, int) else side[0]
+        width, height = size
+        # torchvision Resize(int): short side -> side, long side -> int(side * long / short).
+        if width <= height:
+            resized_w, resized_h = side, int(side * height / width)
+        else:
+            resized_w, resized_h = int(side * width / height), side
+        top, left = int(round((resized_h - side) / 2.0)), int(round((resized_w - side) / 2.0))
+        return (-left * gw / side, -top * gh / side, (resized_w - left) * gw / side, (resized_h - top) * gh / side)
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BackendOutput:
+        attention, tokens = self.raw_maps(self.pixels(images), self.encode_questions(questions))
+        mask = masks.clip_mask(attention, tokens, self.config.enhance_coe, self.config.kernel_size)
+        return BackendOutput(masks=mask.cpu().numpy(), boxes=[self.grid_box(image.size) for image in images])

@@ -1,0 +1,153 @@
+"""One configuration object per prompter.
+
+The same sorted-JSON dictionary feeds the cache fingerprint (a prompter pickles
+as its config), the dataset card and the variant name, so everything that can
+change an output lives here and nothing else does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+from PIL import Image
+
+from ._version import __version__
+
+GEOMETRIES = ("paper", "aligned")
+ERROR_POLICIES = ("raise", "passthrough")
+_DTYPE_ALIASES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
+
+
+def canonical_interpolation(name: Any) -> str:
+    """Return the PIL resampling name (``"LANCZOS"``) for a case-insensitive name or enum.
+
+    >>> canonical_interpolation("lanczos"), canonical_interpolation(Image.Resampling.BICUBIC)
+    ('LANCZOS', 'BICUBIC')
+    """
+    if isinstance(name, Image.Resampling):
+        return name.name
+    key = str(name).strip().upper()
+    if key not in Image.Resampling.__members__:
+        choices = ", ".join(m.lower() for m in Image.Resampling.__members__)
+        raise ValueError(f"interpolation {name!r} is not a PIL resampling filter; choose one of: {choices}")
+    return key
+
+
+def canonical_dtype(name: Optional[str]) -> Optional[str]:
+    """Map ``"fp16"``/``"bf16"``/``torch.float16``-like names to ``float16``/``bfloat16``/``float32``."""
+    if name is None:
+        return None
+    key = str(name).replace("torch.", "").strip().lower()
+    if key not in _DTYPE_ALIASES:
+        raise ValueError(f"dtype {name!r} is not supported; use float32, float16 or bfloat16")
+    return _DTYPE_ALIASES[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrompterConfig:
+    """Every parameter of an :class:`~hf_api_prompt.ImagePrompter`.
+
+    Args:
+        backend: auxiliary model family, ``"clip"`` (see ``hf_api_prompt.backends``).
+        model: model identifier understood by the backend.
+        pretrained: weights tag or file for the backend; ``None`` means random weights.
+        layer_index: 0-based block whose attention is read (METHOD.md).
+        enhance_coe: sigmoid sharpening coefficient of the attention map.
+        kernel_size: odd size of the mean filter applied on the grid.
+        interpolation: PIL filter used to resize the grid mask to the image.
+        grayscale: value (0-255) that masked-out pixels are blended towards.
+        geometry: ``"paper"`` stretches the grid over the whole image as the authors
+            did; ``"aligned"`` maps each cell back onto the pixels the model saw.
+        image_column, question_column: input columns.
+        masked_image_column, heatmap_column: output columns.
+        on_error: ``"raise"`` (a bad row stops the map with an error naming it) or
+            ``"passthrough"`` (the row keeps its image unmasked and ``status_column``
+            says why).
+        status_column: written only with ``on_error="passthrough"``.
+        device: ``None`` picks ``cuda:{rank % n_gpus}`` when GPUs exist, else CPU.
+        dtype: ``None`` follows the device: float16 on CUDA, float32 on CPU.
+        max_new_tokens: generation length of a generative backend (llava); ``None`` elsewhere.
+        answer_column: where a generative backend writes its own answer; ``None`` elsewhere.
+        weights_sha256: content hash of local weights, filled in by the backend.
+        library_version: stamped automatically.
+
+    Example:
+        >>> cfg = PrompterConfig(backend="clip", model="ViT-B-16", pretrained=None, layer_index=10)
+        >>> PrompterConfig.from_json(cfg.to_json()) == cfg
+        True
+    """
+
+    backend: str
+    model: str
+    pretrained: Optional[str]
+    layer_index: int
+    enhance_coe: float = 5.0
+    kernel_size: int = 3
+    interpolation: str = "LANCZOS"
+    grayscale: int = 0
+    geometry: str = "paper"
+    image_column: str = "image"
+    question_column: str = "question"
+    masked_image_column: str = "masked_image"
+    heatmap_column: str = "heatmap"
+    on_error: str = "raise"
+    status_column: str = "api_status"
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    max_new_tokens: Optional[int] = None
+    answer_column: Optional[str] = None
+    weights_sha256: Optional[str] = None
+    library_version: str = __version__
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("interpolation", canonical_interpolation(self.interpolation))
+        set_("dtype", canonical_dtype(self.dtype))
+        if isinstance(self.layer_index, bool) or not isinstance(self.layer_index, int):
+            raise TypeError(f"layer_index must be an int, got {self.layer_index!r}")
+        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int, got {self.kernel_size!r}")
+        if not self.enhance_coe > 0:
+            raise ValueError(f"enhance_coe must be > 0, got {self.enhance_coe!r}")
+        set_("enhance_coe", float(self.enhance_coe))
+        if isinstance(self.grayscale, bool) or not isinstance(self.grayscale, int) or not 0 <= self.grayscale <= 255:
+            raise ValueError(f"grayscale must be an int in [0, 255], got {self.grayscale!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if self.on_error not in ERROR_POLICIES:
+            raise ValueError(f"on_error must be one of {ERROR_POLICIES}, got {self.on_error!r}")
+        outputs = [self.masked_image_column, self.heatmap_column]
+        if self.answer_column is not None:
+            outputs.append(self.answer_column)
+        if self.on_error == "passthrough":
+            outputs.append(self.status_column)
+        if len(set(outputs)) != len(outputs):
+            raise ValueError(f"output columns must be distinct, got {outputs}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Sorted, compact JSON: stable across runs, so it can key caches."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PrompterConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PrompterConfig keys: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PrompterConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes) -> "PrompterConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,153 @@
+"""Pure array functions of the method: heatmap -> mask -> masked image.
+
+No models here. Grid-level steps take torch tensors shaped ``[B, gh, gw]`` and
+work on a whole batch at once; pixel-level steps take one PIL image each
+(METHOD.md, steps 6-8).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+Box = Tuple[float, float, float, float]
+
+# Rows blended per step: bounds the float64 temporaries for very large images.
+_BLEND_CHUNK_PIXELS = 1 << 22
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """Scale each ``[gh, gw]`` map of ``x`` to [0, 1].
+
+    A constant map carries no ranking, so it maps to all ones (nothing is dimmed).
+
+    >>> minmax(torch.tensor([[[1., 3.], [2., 5.]]])).tolist()
+    [[[0.0, 0.5], [0.25, 1.0]]]
+    """
+    flat = x.flatten(1)
+    low = flat.min(dim=1).values[:, None, None]
+    span = flat.max(dim=1).values[:, None, None] - low
+    scaled = (x - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, scaled, torch.ones_like(x))
+
+
+def enhance(x: torch.Tensor, enhance_coe: float) -> torch.Tensor:
+    """``sigmoid(coe * (a - mean) / std)`` of ``a = minmax(x)``, std unbiased (as torch's ``.std()``)."""
+    a = minmax(x)
+    flat = a.flatten(1)
+    mean = flat.mean(dim=1)[:, None, None]
+    std = flat.std(dim=1)[:, None, None] if flat.shape[1] > 1 else torch.zeros_like(mean)
+    z = (a - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    return torch.sigmoid(enhance_coe * torch.where(std > 0, z, torch.zeros_like(z)))
+
+
+def invert(x: torch.Tensor) -> torch.Tensor:
+    """``(max - x) / (max - min)``: the token map ranks background tokens highest (METHOD.md 6)."""
+    return 1.0 - minmax(x)
+
+
+def mean_filter(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """``kernel_size`` x ``kernel_size`` box filter with replicate padding, same output size."""
+    if kernel_size == 1:
+        return x
+    pad = kernel_size // 2
+    padded = F.pad(x[:, None], (pad, pad, pad, pad), mode="replicate")
+    return F.avg_pool2d(padded, kernel_size, stride=1)[:, 0]
+
+
+def clip_mask(attention_map: torch.Tensor, token_map: torch.Tensor, enhance_coe: float, kernel_size: int) -> torch.Tensor:
+    """Soft union of the enhanced attention map and the inverted token map (clip backend).
+
+    Args:
+        attention_map, token_map: raw maps ``[B, gh, gw]``, any positive affine scale.
+    Returns:
+        mask ``[B, gh, gw]`` in [0, 1].
+    """
+    a = mean_filter(enhance(attention_map, enhance_coe), kernel_size)
+    b = mean_filter(invert(token_map), kernel_size)
+    return minmax(a + b - a * b)
+
+
+def attention_mask(heatmap: torch.Tensor, enhance_coe: float, kernel_size: int) -> torch.Tensor:
+    """Enhanced, smoothed attention heatmap alone (llava backend: no token map, no union)."""
+    return mean_filter(enhance(heatmap, enhance_coe), kernel_size)
+
+
+def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    """``floor(float32(mask) * 255)``: truncation, as torchvision's ``to_pil_image`` does."""
+    return (np.asarray(mask, dtype=np.float32) * np.float32(255)).astype(np.uint8)
+
+
+def mask_to_pixels(
+    mask_u8: np.ndarray,
+    size: Tuple[int, int],
+    resample: Image.Resampling,
+    box: Optional[Box] = None,
+) -> Image.Image:
+    """Resize a ``[gh, gw]`` uint8 grid mask to an image of ``size = (W, H)``.
+
+    Args:
+        box: the region of grid coordinates (x0, y0, x1, y1; cell units, x along
+            columns) that the whole image corresponds to. ``None`` stretches the
+            grid over the image (the paper). A box reaching outside the grid
+            (pixels the model never saw) takes the nearest grid edge's values.
+    Returns:
+        a mode ``"L"`` image of ``size``.
+    """
+    gh, gw = mask_u8.shape
+    if box is None or tuple(box) == (0, 0, gw, gh):
+        return Image.fromarray(mask_u8, mode="L").resize(size, resample)
+    x0, y0, x1, y1 = box
+    # Pad with edge values so the filter can read outside the grid, and shift the box.
+    pad = int(math.ceil(max(0.0, -x0, -y0, x1 - gw, y1 - gh))) + 3
+    padded = np.pad(mask_u8, pad, mode="edge")
+    return Image.fromarray(padded, mode="L").resize(size, resample, box=(x0 + pad, y0 + pad, x1 + pad, y1 + pad))
+
+
+def blend(image: Image.Image, mask: Image.Image, grayscale: int) -> Image.Image:
+    """``uint8(image * w + (1 - w) * grayscale)`` with ``w = mask / 255`` (METHOD.md 8).
+
+    The arithmetic follows the reference code bit for bit: the image product in
+    float32, the gray term in float64, truncation to uint8. Large images are
+    processed in bands of rows so memory stays bounded.
+
+    Args:
+        image: RGB image.
+        mask: mode ``"L"`` image of the same size.
+    Returns:
+        a new RGB image; the inputs are not modified.
+    """
+    if image.mode != "RGB" or mask.mode != "L" or image.size != mask.size:
+        raise ValueError(f"blend needs an RGB image and an L mask of the same size, got {image.mode} {image.size} and {mask.mode} {mask.size}")
+    pixels = np.asarray(image)
+    weights = np.asarray(mask)
+    out = np.empty_like(pixels)
+    rows = max(1, _BLEND_CHUNK_PIXELS // max(1, pixels.shape[1]))
+    for top in range(0, pixels.shape[0], rows):
+        w = weights[top:top + rows, :, None].astype(np.float32) / np.float32(255)
+        band = pixels[top:top + rows].astype(np.float32) * w
+        if grayscale:
+            band = band + (np.float32(1) - w).astype(np.float64) * grayscale
+        out[top:top + rows] = band.astype(np.uint8)
+    return Image.fromarray(out, mode="RGB")
+
+
+def masked_images(
+    images: Sequence[Image.Image],
+    masks: np.ndarray,
+    boxes: Sequence[Optional[Box]],
+    interpolation: str,
+    grayscale: int,
+) -> list:
+    """Apply steps 7-8 of METHOD.md to each (image, grid mask, box)."""
+    resample = Image.Resampling[interpolation]
+    masks_u8 = mask_to_uint8(masks)
+    return [
+        blend(image, mask_to_pixels(mask_u8, image.size, resample, box), grayscale)
+        for image, mask_u8, box in zip(images, masks_u8, boxes)
+    ]
