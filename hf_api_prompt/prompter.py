@@ -90,6 +90,8 @@ class ImagePrompter:
         features = Features(dict(input_features))
         features[self.config.masked_image_column] = Image()
         features[self.config.heatmap_column] = Array2D(self.grid_shape, "float32")
+        if self.config.answer_column is not None:
+            features[self.config.answer_column] = Value("string")
         if self.config.on_error == "passthrough":
             features[self.config.status_column] = Value("string")
         return features
