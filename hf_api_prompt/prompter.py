@@ -22,7 +22,8 @@ class ImagePrompter:
     Args:
         backend: ``"clip"``; see :func:`hf_api_prompt.backends.available_backends`.
         **params: any :class:`PrompterConfig` field. ``model``, ``pretrained`` and
-            ``layer_index`` default to the paper's choice for the backend.
+            ``layer_index`` default to the paper's choice for the backend
+            (``pretrained`` only when ``model`` is left at its default too).
 
     Calling it with a batch (``prompter(batch)``, ``prompter(batch, rank)``,
     ``prompter(batch, indices)`` or ``prompter(batch, indices, rank)``) returns
@@ -33,7 +34,8 @@ class ImagePrompter:
     Example:
         >>> from datasets import Dataset
         >>> from PIL import Image
-        >>> prompter = ImagePrompter("clip", model="local-dir:" + DEMO_MODEL, layer_index=2)
+        >>> from hf_api_prompt.bundled import DEMO_MODEL
+        >>> prompter = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2)
         >>> ds = Dataset.from_dict({"image": [Image.new("RGB", (64, 48))], "question": ["Where is it?"]})
         >>> out = prompter.map(ds)
         >>> out.features["heatmap"], out[0]["masked_image"].size
@@ -42,7 +44,10 @@ class ImagePrompter:
 
     def __init__(self, backend: str = "clip", **params: Any):
         backend_cls = get_backend(backend)
-        settings = {**backend_cls.defaults, **params}
+        defaults = dict(backend_cls.defaults)
+        if "model" in params:  # the default weights tag belongs to the default model only
+            defaults.pop("pretrained", None)
+        settings = {"pretrained": None, **defaults, **params}
         if "library_version" in params or "weights_sha256" in params:
             raise TypeError("library_version and weights_sha256 are filled in, not passed")
         self.config = backend_cls.resolve_config(PrompterConfig(backend=backend, **settings))
