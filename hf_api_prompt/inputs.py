@@ -46,7 +46,8 @@ def open_image(value: Any) -> Image.Image:
     try:
         image = value if source is None else Image.open(source)
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(Image.ExifTags.Base.Orientation, 1) != 1:  # transposing copies: only when needed
+            image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"image could not be decoded ({type(error).__name__}: {error})") from None
     if image.width < 1 or image.height < 1:

@@ -74,8 +74,14 @@ def clip_mask(attention_map: torch.Tensor, token_map: torch.Tensor, enhance_coe:
 
 
 def attention_mask(heatmap: torch.Tensor, enhance_coe: float, kernel_size: int) -> torch.Tensor:
-    """Enhanced, smoothed attention heatmap alone (llava backend: no token map, no union)."""
-    return mean_filter(enhance(heatmap, enhance_coe), kernel_size)
+    """Enhanced, smoothed attention heatmap alone (llava backend: no token map, no union).
+
+    A constant heatmap ranks nothing, so its mask is all ones (as ``minmax`` does).
+    """
+    out = mean_filter(enhance(heatmap, enhance_coe), kernel_size)
+    flat = heatmap.flatten(1)
+    constant = (flat.max(dim=1).values == flat.min(dim=1).values)[:, None, None]
+    return torch.where(constant, torch.ones_like(out), out)
 
 
 def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
@@ -103,10 +109,14 @@ def mask_to_pixels(
     if box is None or tuple(box) == (0, 0, gw, gh):
         return Image.fromarray(mask_u8, mode="L").resize(size, resample)
     x0, y0, x1, y1 = box
-    # Pad with edge values so the filter can read outside the grid, and shift the box.
-    pad = int(math.ceil(max(0.0, -x0, -y0, x1 - gw, y1 - gh))) + 3
-    padded = np.pad(mask_u8, pad, mode="edge")
-    return Image.fromarray(padded, mode="L").resize(size, resample, box=(x0 + pad, y0 + pad, x1 + pad, y1 + pad))
+    # Pad each side with edge values, by the overhang plus the filter's reach
+    # (3 source cells for LANCZOS, more when the axis is shrunk), and shift the box.
+    reach_x = 3 * max(1.0, (x1 - x0) / size[0]) + 1
+    reach_y = 3 * max(1.0, (y1 - y0) / size[1]) + 1
+    left, right = math.ceil(max(0.0, -x0) + reach_x), math.ceil(max(0.0, x1 - gw) + reach_x)
+    top, bottom = math.ceil(max(0.0, -y0) + reach_y), math.ceil(max(0.0, y1 - gh) + reach_y)
+    padded = np.pad(mask_u8, ((top, bottom), (left, right)), mode="edge")
+    return Image.fromarray(padded, mode="L").resize(size, resample, box=(x0 + left, y0 + top, x1 + left, y1 + top))
 
 
 def blend(image: Image.Image, mask: Image.Image, grayscale: int) -> Image.Image:
