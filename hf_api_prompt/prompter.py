@@ -79,6 +79,7 @@ class ImagePrompter:
     def backend(self, rank: Optional[int] = None) -> Backend:
         """The loaded backend of this process (loads it on first use)."""
         if self._backend is None:
+            _one_thread_in_forked_worker()
             device = pick_device(self.config.device, rank)
             self._backend = get_backend(self.config.backend)(self.config, device)
         return self._backend
@@ -180,6 +181,24 @@ class ImagePrompter:
         if self.config.on_error == "passthrough":
             columns[self.config.status_column] = status
         return columns
+
+
+def _one_thread_in_forked_worker():
+    """In a ``num_proc`` worker, use one intra-op torch thread.
+
+    ``datasets`` forks its workers; torch's CPU backend (GNU OpenMP) hangs in a
+    forked child whose parent already ran parallel regions, e.g. after a
+    single-process ``map``. torch's own DataLoader workers do the same.
+    """
+    import sys
+
+    for name in ("multiprocess", "multiprocessing"):
+        module = sys.modules.get(name)
+        if module is not None and module.parent_process() is not None:
+            import torch
+
+            torch.set_num_threads(1)
+            return
 
 
 def _split_map_args(args: Tuple[Any, ...]) -> Tuple[Optional[Sequence[int]], Optional[int]]:

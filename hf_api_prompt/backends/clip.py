@@ -47,8 +47,12 @@ def _local_weights(path: str) -> Path:
     raise FileNotFoundError(f"model 'local-dir:{path}' has no weights file (expected one of {list(_WEIGHT_FILES)})")
 
 
-def open_clip_config(model: str) -> dict:
-    """``{"model_cfg": ..., "preprocess_cfg": ...}`` for a model name, without loading weights."""
+def open_clip_config(model: str, pretrained: Optional[str] = None) -> dict:
+    """``{"model_cfg": ..., "preprocess_cfg": ...}`` for a model name, without loading weights.
+
+    For a built-in name, the preprocessing comes from the model config and, when
+    ``pretrained`` is a known tag, from that tag's settings (as open_clip does).
+    """
     import open_clip
 
     if model.startswith(LOCAL_DIR):
@@ -63,7 +67,11 @@ def open_clip_config(model: str) -> dict:
             f"unknown open_clip model {model!r}: not in open_clip.list_models(); "
             "use a listed name, 'hf-hub:org/name' or 'local-dir:/path'"
         )
-    return {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model) or {}}
+    preprocess = {"size": model_cfg.get("vision_cfg", {}).get("image_size", 224), "resize_mode": "shortest"}
+    preprocess.update(model_cfg.get("preprocess_cfg") or {})
+    tag = open_clip.get_pretrained_cfg(model, pretrained) if pretrained else {}
+    preprocess.update({k: v for k, v in tag.items() if k in ("mean", "std", "interpolation", "resize_mode")})
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
 
 
 def _vision_cfg(model: str) -> dict:
@@ -94,7 +102,7 @@ class ClipBackend(Backend):
                 f"whose image tower has {vision['layers']} blocks (valid: 0..{vision['layers'] - 1})"
             )
         if config.geometry == "aligned":
-            cls._check_aligned(open_clip_config(config.model).get("preprocess_cfg", {}), config.model)
+            cls._check_aligned(open_clip_config(config.model, config.pretrained).get("preprocess_cfg", {}), config.model)
         digest = None
         if config.model.startswith(LOCAL_DIR):
             digest = sha256_file(_local_weights(config.model[len(LOCAL_DIR):]))
@@ -104,7 +112,7 @@ class ClipBackend(Backend):
             warnings.warn(
                 f"{config.model} with pretrained=None has RANDOM weights: masks show the arithmetic, not relevance",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=3,  # resolve_config <- ImagePrompter.__init__ <- caller
             )
         elif os.path.isfile(config.pretrained):
             digest = sha256_file(Path(config.pretrained))
