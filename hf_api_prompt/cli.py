@@ -1,7 +1,13 @@
-"""``hf-api-prompt``: a thin command line over :class:`ImagePrompter`.
+"""``hf-api-prompt``: a thin command line over :mod:`hf_api_prompt.publishing`.
 
-    hf-api-prompt run --output-dir out/                      # bundled demo scenes + bundled model
-    hf-api-prompt run --dataset DIR_OR_HUB_ID --split test --model ViT-L-14-336 --output-dir out/
+    hf-api-prompt run --output-dir out/demo                           # bundled demo scenes + bundled model
+    hf-api-prompt run --benchmark mmvet --push-to-hub me/MMVet-API    # masked MM-Vet as a tagged config of me/MMVet-API
+    hf-api-prompt run --dataset DIR_OR_HUB_ID --split test --image-column image --question-column question --output-dir out/
+    hf-api-prompt card --repo-id me/MMVet-API                         # re-render the card from api_variants.json
+    hf-api-prompt export-lmms-eval --repo-id me/MMVet-API --output-dir ./api_tasks
+    hf-api-prompt upload --dataset-dir out/demo --repo-id me/demo-API # a local folder, in one commit
+
+Every command ends by printing one JSON line.
 """
 
 from __future__ import annotations
@@ -10,10 +16,8 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import typing
-from pathlib import Path
 from typing import Optional, Sequence
 
 from . import bundled
@@ -40,87 +44,151 @@ def _field_parser(field: dataclasses.Field):
 
 
 def _add_prompter_flags(parser: argparse.ArgumentParser):
-    group = parser.add_argument_group("prompter parameters (defaults: the backend's paper settings)")
+    group = parser.add_argument_group("prompter parameters (defaults: the preset's columns, then the paper's settings)")
     group.add_argument("--backend", default="clip")
     for field in dataclasses.fields(PrompterConfig):
         if field.name not in _NOT_FLAGS:
             group.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=_field_parser(field), default=None)
 
 
-def load_input_dataset(path: Optional[str], split: Optional[str]):
-    """A ``save_to_disk`` folder, a data folder (e.g. imagefolder) or a Hub dataset id."""
-    from datasets import DatasetDict, load_dataset, load_from_disk
+def _benchmark(args: argparse.Namespace):
+    """The preset (``--benchmark``), the dataset (``--dataset``) or the bundled demo scenes; flags override."""
+    from .publishing import custom_benchmark, get_benchmark
 
-    if path is None:
-        return bundled.load_demo_dataset()
-    if os.path.isdir(path) and (Path(path) / "dataset_dict.json").exists() or (Path(path) / "state.json").exists():
-        dataset = load_from_disk(path)
-        if isinstance(dataset, DatasetDict):
-            if split is None:
-                raise SystemExit(f"{path} holds splits {list(dataset)}: pass --split")
-            dataset = dataset[split]
-        return dataset
-    return load_dataset(path, split=split or "train")
+    if args.benchmark is not None:
+        benchmark = get_benchmark(args.benchmark)
+        if args.dataset is not None:
+            benchmark = benchmark.replace(dataset_id=args.dataset)
+    elif args.dataset is not None:
+        benchmark = custom_benchmark(args.dataset)
+    else:
+        benchmark = custom_benchmark(None, pretty_name="hf_api_prompt demo scenes", license="mit")
+    changes = {"split": args.split, "image_column": args.image_column, "question_column": args.question_column}
+    return benchmark.replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> dict:
+    from .publishing import publish_variant
+
+    benchmark = _benchmark(args)
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrompterConfig) if f.name not in _NOT_FLAGS}
     params = {k: v for k, v in params.items() if v is not None}
-    if args.dataset is None and "model" not in params:
+    params.update(image_column=benchmark.image_column, question_column=benchmark.question_column)
+    if benchmark.dataset_id is None and "model" not in params:
         params.update(model=bundled.DEMO_MODEL, layer_index=params.get("layer_index", bundled.DEMO_MODEL_LAYER))
         if bundled.DEMO_MODEL_IS_RANDOM:
             logger.warning("the bundled demo model has RANDOM weights: its masks show the arithmetic, not relevance")
     prompter = ImagePrompter(args.backend, **params)
-    dataset = load_input_dataset(args.dataset, args.split)
-    if args.limit is not None:
-        dataset = dataset.select(range(min(args.limit, len(dataset))))
-    result = prompter.map(dataset, batch_size=args.batch_size)
+    return publish_variant(
+        prompter,
+        benchmark,
+        output_dir=args.output_dir,
+        repo_id=args.push_to_hub,
+        revision=args.revision,
+        private=args.private or None,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        keep_original_image=args.keep_original_image,
+        preview_rows=args.preview_rows,
+        num_proc=args.num_proc,
+    )
 
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    result.save_to_disk(str(output / "dataset"))
-    (output / "prompter_config.json").write_text(json.dumps(prompter.config.to_dict(), indent=2, sort_keys=True) + "\n")
-    _write_preview(result, prompter.config, output / "preview.png", args.preview_rows)
-    return {"output_dir": str(output), "num_rows": len(result), "config": prompter.config.to_dict()}
+
+def card(args: argparse.Namespace) -> dict:
+    from .publishing.hub import HubPublisher
+    from .publishing.layout import read_index, rewrite_card
+
+    if args.repo_id is not None:
+        publisher = HubPublisher(args.repo_id)
+        commit = publisher.rewrite_card()
+        return {"repo_id": publisher.repo_id, "commit": commit, "variants": publisher.index(commit).names()}
+    path = rewrite_card(args.output_dir)
+    return {"output_dir": args.output_dir, "card": str(path), "variants": read_index(args.output_dir).names()}
 
 
-def _write_preview(result, config: PrompterConfig, path: Path, rows: int):
-    import numpy as np
+def export_lmms_eval(args: argparse.Namespace) -> dict:
+    from .publishing.lmms_export import export_variants
 
-    from .preview import preview_grid
+    written = export_variants(
+        args.output_dir,
+        repo_id=args.repo_id,
+        dataset_dir=args.dataset_dir,
+        revision=args.revision,
+        config_names=args.config or None,
+        base_task=args.base_task,
+    )
+    return {"include_path": args.output_dir, "tasks": [t for t, _ in written], "files": [str(p) for _, p in written]}
 
-    sample = result.select(range(min(rows, len(result))))
-    sample = sample.filter(lambda row: row[config.heatmap_column] is not None)
-    if len(sample) == 0:
-        return
-    preview_grid(
-        sample[config.image_column],
-        [np.asarray(h) for h in sample[config.heatmap_column]],
-        sample[config.masked_image_column],
-        sample[config.question_column],
-    ).save(path)
+
+def upload(args: argparse.Namespace) -> dict:
+    from .publishing import upload_folder
+
+    return upload_folder(args.dataset_dir, args.repo_id, private=args.private or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .publishing import available_benchmarks
+
     parser = argparse.ArgumentParser(prog="hf-api-prompt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="mask a dataset and write it with a preview picture")
-    run_parser.add_argument("--dataset", help="save_to_disk folder, data folder or Hub id (default: bundled demo scenes)")
-    run_parser.add_argument("--split", help="split to read (default: train)")
-    run_parser.add_argument("--output-dir", required=True)
-    run_parser.add_argument("--batch-size", type=int, default=8)
-    run_parser.add_argument("--limit", type=int, help="process only the first N rows")
-    run_parser.add_argument("--preview-rows", type=int, default=4)
+
+    run_parser = commands.add_parser("run", help="mask a benchmark or dataset into a variant (local folder or Hub)")
+    source = run_parser.add_argument_group("source (default: the bundled demo scenes)")
+    source.add_argument("--benchmark", help=f"preset: {', '.join(available_benchmarks())}")
+    source.add_argument("--dataset", help="save_to_disk folder, data folder or Hub id (with --benchmark: a copy of it)")
+    source.add_argument("--split", help="split to read (default: the preset's, else train)")
+    source.add_argument("--revision", help="revision of a Hub dataset (default: main, pinned by its commit sha)")
+    destination = run_parser.add_argument_group("destination (exactly one)")
+    where = destination.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output-dir", help="write the repo layout (parquet per config, card, pictures) here")
+    where.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the variant as a config of this Hub dataset repo")
+    destination.add_argument("--private", action="store_true", help="create the Hub repo as private (if it is created)")
+    options = run_parser.add_argument_group("run options")
+    options.add_argument("--batch-size", type=int, default=8)
+    options.add_argument("--num-proc", type=int, help="datasets.map processes (one model per process)")
+    options.add_argument("--limit", type=int, help="process only the first N rows")
+    options.add_argument("--preview-rows", type=int, default=4, help="rows in the before/heatmap/after picture")
+    options.add_argument("--keep-original-image", action="store_true", help="also keep the unmasked image as original_<image column>")
     _add_prompter_flags(run_parser)
+    run_parser.set_defaults(handler=run)
+
+    card_parser = commands.add_parser("card", help="re-render the dataset card from api_variants.json")
+    target = card_parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--output-dir", help="a local variant folder")
+    target.add_argument("--repo-id", help="a Hub dataset repo (commits the new card to main)")
+    card_parser.set_defaults(handler=card)
+
+    export_parser = commands.add_parser("export-lmms-eval", help="write lmms-eval task YAMLs for published variants")
+    origin = export_parser.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--repo-id", help="a Hub dataset repo of variants")
+    origin.add_argument("--dataset-dir", help="a local variant folder")
+    export_parser.add_argument("--revision", default="main", help="where to read api_variants.json on the Hub (default: main)")
+    export_parser.add_argument("--config", action="append", help="variant(s) to export (default: all); repeatable")
+    export_parser.add_argument("--base-task", help="lmms-eval task to derive from (default: the benchmark's)")
+    export_parser.add_argument("--output-dir", required=True, help="folder to pass to lmms-eval --include_path")
+    export_parser.set_defaults(handler=export_lmms_eval)
+
+    upload_parser = commands.add_parser("upload", help="upload a local variant folder to the Hub in one commit, then tag it")
+    upload_parser.add_argument("--dataset-dir", required=True)
+    upload_parser.add_argument("--repo-id", required=True)
+    upload_parser.add_argument("--private", action="store_true")
+    upload_parser.set_defaults(handler=upload)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .publishing import PublishError
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    args = build_parser().parse_args(argv)
-    summary = run(args)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, sort_keys=True))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        summary = args.handler(args)
+    except (PublishError, ValueError, KeyError) as error:  # the messages say what to do; a traceback would not
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        parser.exit(2, f"hf-api-prompt: error: {message}\n")
+    print(json.dumps(summary, sort_keys=True))
     return 0
 
 

@@ -1,0 +1,93 @@
+"""``publish_variant``: benchmark in, published masked variant out (local folder or Hub)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from ..prompter import ImagePrompter
+from .benchmarks import Benchmark
+from .build import build_variant
+from .hub import HubPublisher, RetryPolicy
+from .layout import write_variant
+from .sources import in_memory_source, load_source
+from .variants import variant_name
+
+logger = logging.getLogger(__name__)
+
+
+def publish_variant(
+    prompter: ImagePrompter,
+    benchmark: Benchmark,
+    *,
+    output_dir=None,
+    repo_id: Optional[str] = None,
+    dataset=None,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+    private: Optional[bool] = None,
+    batch_size: int = 8,
+    limit: Optional[int] = None,
+    keep_original_image: bool = False,
+    preview_rows: int = 4,
+    num_proc: Optional[int] = None,
+    retry: Optional[RetryPolicy] = None,
+) -> dict:
+    """Mask ``benchmark`` with ``prompter`` and publish it as a variant.
+
+    With ``repo_id``, everything that can stop the push (token, its role and
+    permissions, the namespace, the repo, an existing tag) is checked before the
+    source is read or any model runs; then the data is pushed as config
+    :func:`variant_name`, the card and picture are committed, and only then is the
+    tag ``{config}-v{version}`` created. With ``output_dir``, the same layout is
+    written to a folder.
+
+    Args:
+        prompter: an :class:`ImagePrompter` whose ``image_column``/``question_column``
+            are the benchmark's.
+        benchmark: a preset (:func:`get_benchmark`) or :func:`custom_benchmark`.
+        output_dir: local folder (exclusive with ``repo_id``).
+        repo_id: Hub dataset repo (exclusive with ``output_dir``).
+        dataset: an already loaded split to use instead of ``benchmark.dataset_id``.
+        revision: revision of a Hub source (default: its main branch, pinned by sha).
+        token: Hugging Face token (default: the logged-in one).
+        private: visibility of a repo that has to be created.
+        batch_size, num_proc, limit, keep_original_image, preview_rows: see :func:`build_variant`.
+        retry: how transient Hub errors are retried.
+
+    Returns:
+        ``{"repo_id" or "output_dir", "config_name", "revision", "num_rows", ...}``
+        (``revision`` is the tag, ``None`` for a folder).
+
+    Example:
+        >>> import tempfile
+        >>> from hf_api_prompt.bundled import DEMO_MODEL
+        >>> from hf_api_prompt.publishing import custom_benchmark
+        >>> prompter = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     result = publish_variant(prompter, custom_benchmark(None), output_dir=folder, limit=2)
+        >>> result["num_rows"], result["config_name"].startswith("clip-demo-clip-l2-e5-k3-lanczos-g0-h")
+        (2, True)
+        >>> result["config_name"].endswith("-first2")
+        True
+    """
+    if (output_dir is None) == (repo_id is None):
+        raise ValueError("give exactly one of output_dir (local folder) and repo_id (Hub)")
+    config = prompter.config
+    if (config.image_column, config.question_column) != (benchmark.image_column, benchmark.question_column):
+        raise ValueError(
+            f"the prompter reads ({config.image_column!r}, {config.question_column!r}) but the benchmark's columns are "
+            f"({benchmark.image_column!r}, {benchmark.question_column!r})"
+        )
+    publisher = None
+    if repo_id is not None:
+        publisher = HubPublisher(repo_id, token=token, private=private, retry=retry)
+        publisher.preflight(variant_name(config, first_rows=limit))  # before any compute
+    source = in_memory_source(dataset, benchmark) if dataset is not None else load_source(benchmark, revision=revision, token=token)
+    built = build_variant(
+        prompter, source, benchmark, batch_size=batch_size, limit=limit,
+        keep_original_image=keep_original_image, preview_rows=preview_rows, num_proc=num_proc,
+    )
+    if publisher is not None:
+        return publisher.publish(built)
+    return write_variant(output_dir, built)

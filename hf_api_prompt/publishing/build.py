@@ -1,0 +1,140 @@
+"""Turn a source split into a publishable variant that keeps the benchmark's schema.
+
+The masked image goes in the column the benchmark's lmms-eval task reads (the
+source's image column), the heatmap is an extra column, and the original image
+is dropped unless asked for, so the benchmark's own task works unchanged except
+for dataset path, config and revision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from typing import Optional
+
+import numpy as np
+
+from .._version import __version__
+from ..prompter import ImagePrompter
+from .benchmarks import Benchmark
+from .sources import Source
+from .variants import PREVIEW_DIR, VariantRecord, lmms_eval_task_name, variant_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BuiltVariant:
+    """A masked split ready to be written: data, record and example picture."""
+
+    dataset: object
+    record: VariantRecord
+    preview: Optional[object] = None  # PIL image
+
+    @property
+    def config_name(self) -> str:
+        return self.record.config_name
+
+
+def original_image_column(image_column: str) -> str:
+    return f"original_{image_column}"
+
+
+def build_variant(
+    prompter: ImagePrompter,
+    source: Source,
+    benchmark: Benchmark,
+    *,
+    batch_size: int = 8,
+    limit: Optional[int] = None,
+    keep_original_image: bool = False,
+    preview_rows: int = 4,
+    num_proc: Optional[int] = None,
+) -> BuiltVariant:
+    """Mask ``source`` with ``prompter`` and lay it out in the benchmark's schema.
+
+    Args:
+        prompter: its ``image_column``/``question_column`` must be the benchmark's.
+        source: from :func:`~hf_api_prompt.publishing.sources.load_source`.
+        benchmark: supplies the split name, license, citation and lmms-eval task.
+        batch_size, num_proc: forwarded to :meth:`ImagePrompter.map`.
+        limit: mask only the first ``limit`` rows (recorded in the variant's source).
+        keep_original_image: keep the unmasked image as ``original_<image column>``.
+        preview_rows: rows shown in the before/heatmap/after picture (0: none).
+    """
+    config = prompter.config
+    dataset = source.dataset
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    image, masked, heatmap = config.image_column, config.masked_image_column, config.heatmap_column
+    clashes = {masked, heatmap, original_image_column(image)} & set(dataset.column_names)
+    if clashes:
+        raise ValueError(f"the source already has column(s) {sorted(clashes)}: choose other output column names")
+    map_kwargs = {"num_proc": num_proc} if num_proc else {}
+    mapped = prompter.map(dataset, batch_size=batch_size, **map_kwargs)
+    preview = _preview(mapped, config, preview_rows)
+
+    order = list(dataset.column_names)
+    if keep_original_image:
+        mapped = mapped.rename_column(image, original_image_column(image))
+        order.insert(order.index(image) + 1, original_image_column(image))
+    else:
+        mapped = mapped.remove_columns(image)
+    mapped = mapped.rename_column(masked, image)
+    extra = [c for c in mapped.column_names if c not in order]
+    mapped = mapped.select_columns(order + extra)
+
+    name = variant_name(config, first_rows=limit)
+    record = VariantRecord(
+        config_name=name,
+        split=benchmark.split,
+        num_rows=len(mapped),
+        created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        library_version=__version__,
+        prompter=config.to_dict(),
+        source={
+            "dataset": source.dataset_id,
+            "revision": source.revision,
+            "from_hub": source.from_hub,
+            "split": benchmark.split,
+            "rows": f"first {len(mapped)}" if limit is not None else "all",
+            "benchmark": benchmark.name,
+            "pretty_name": benchmark.pretty_name or source.dataset_id,
+            "license": source.license or benchmark.license,
+            "homepage": benchmark.homepage,
+            "citation": benchmark.citation,
+            "image_column": image,
+            "question_column": config.question_column,
+        },
+        columns={
+            "image": image,
+            "heatmap": heatmap,
+            "original_image": original_image_column(image) if keep_original_image else None,
+            "status": config.status_column if config.on_error == "passthrough" else None,
+        },
+        lmms_eval=(
+            {"base_task": benchmark.lmms_eval_task, "task": lmms_eval_task_name(benchmark.lmms_eval_task, name)}
+            if benchmark.lmms_eval_task
+            else None
+        ),
+        preview=f"{PREVIEW_DIR}/{name}.png" if preview is not None else None,
+    )
+    return BuiltVariant(dataset=mapped, record=record, preview=preview)
+
+
+def _preview(result, config, rows: int):
+    from ..preview import preview_grid
+
+    if rows <= 0 or len(result) == 0:
+        return None
+    sample = result.select(range(min(rows, len(result))))
+    sample = sample.filter(lambda row: row[config.heatmap_column] is not None)
+    if len(sample) == 0:
+        return None
+    return preview_grid(
+        sample[config.image_column],
+        [np.asarray(h) for h in sample[config.heatmap_column]],
+        sample[config.masked_image_column],
+        sample[config.question_column],
+    )

@@ -1,0 +1,242 @@
+"""Variant identity: a readable config name per parameter set, and the record of each variant.
+
+A *variant* is one masked version of a benchmark: one ``PrompterConfig`` applied
+to one source dataset. It is published as its own ``datasets`` config, named by
+:func:`variant_name`, and tagged ``{config_name}-v{library_version}`` once all of
+its files are committed. :class:`VariantRecord` holds everything METHOD.md
+("Parameters that every run must record") asks for; the records of every variant
+in a repo live in ``api_variants.json``, from which the card's table is rendered.
+
+Example:
+    >>> from hf_api_prompt import PrompterConfig
+    >>> paper = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
+    >>> variant_name(paper)
+    'clip-vit-l-14-336-l22-e5-k3-lanczos-g0'
+    >>> variant_name(paper.replace(geometry="aligned", enhance_coe=2.5))
+    'clip-vit-l-14-336-l22-e2p5-k3-lanczos-g0-aligned'
+    >>> variant_tag("clip-vit-l-14-336-l22-e5-k3-lanczos-g0", "0.1.0")
+    'clip-vit-l-14-336-l22-e5-k3-lanczos-g0-v0.1.0'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+from .._version import __version__
+from ..config import PrompterConfig
+
+VARIANTS_FILE = "api_variants.json"
+PREVIEW_DIR = "previews"
+#: Config fields that say nothing about the method (where it ran, which columns it used).
+_NOT_IDENTITY = {"device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
+                 "status_column", "answer_column"}
+_LOCAL_PREFIXES = ("local-dir:",)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _lossless(text: str) -> bool:
+    """True when the slug of ``text`` loses nothing but case and ``_``/``-``/``.`` spelling."""
+    return _slug(text) == re.sub(r"[_.]", "-", text.lower())
+
+
+def _number(value: float) -> str:
+    text = f"{value:g}"
+    return text.replace(".", "p").replace("-", "m")
+
+
+def identity(config: PrompterConfig) -> Dict[str, Any]:
+    """The fields of ``config`` that change the masks (everything but device, version and column names)."""
+    return {k: v for k, v in sorted(config.to_dict().items()) if k not in _NOT_IDENTITY}
+
+
+def config_hash(config: PrompterConfig, length: int = 8) -> str:
+    """Short sha256 of :func:`identity`, as sorted JSON."""
+    text = json.dumps(identity(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> str:
+    """Deterministic, readable config name for a parameter set.
+
+    ``{backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-t{max_new_tokens}][-h{hash}][-first{n}]``.
+    ``pretrained`` appears unless it is the backend's default for its default model;
+    ``geometry`` unless it is ``"paper"``. A hash of the full identity is appended
+    whenever the readable part cannot tell two parameter sets apart: local model
+    folders or weight files (identified by their sha256), names that lose
+    characters in the slug, ``on_error="passthrough"``, an explicit ``dtype``.
+    ``first_rows`` marks a variant made of the first rows of the source only
+    (``--limit``), so it never takes the name (and tag) of the whole benchmark's.
+
+    Example:
+        >>> cfg = PrompterConfig(backend="clip", model="local-dir:/tmp/m", pretrained=None, layer_index=2,
+        ...                      weights_sha256="ab" * 32)
+        >>> variant_name(cfg).startswith("clip-m-l2-e5-k3-lanczos-g0-h")
+        True
+    """
+    from ..backends import get_backend
+
+    defaults = dict(get_backend(config.backend).defaults)
+    parts = [_slug(config.backend)]
+    needs_hash = False
+
+    model = config.model
+    if model.startswith(_LOCAL_PREFIXES):
+        parts.append(_slug(os.path.basename(model.split(":", 1)[1].rstrip("/\\"))) or "local")
+        needs_hash = True
+    elif model.startswith("hf-hub:"):
+        parts.append(_slug(model[len("hf-hub:"):]))
+        needs_hash = True  # "org/name" -> "org-name" is lossy
+    else:
+        parts.append(_slug(model))
+        needs_hash |= not _lossless(model)
+
+    pretrained = config.pretrained
+    default_weights = model == defaults.get("model") and pretrained == defaults.get("pretrained")
+    if model.startswith(_LOCAL_PREFIXES) or model.startswith("hf-hub:"):
+        pass  # the model id (or its weights hash) already names the weights
+    elif pretrained is None:
+        parts.append("random")
+    elif not default_weights:
+        if os.path.sep in pretrained or os.path.isfile(pretrained):
+            parts.append(_slug(os.path.splitext(os.path.basename(pretrained))[0]) or "weights")
+            needs_hash = True
+        else:
+            parts.append(_slug(pretrained))
+            needs_hash |= not _lossless(pretrained)
+
+    parts += [
+        f"l{config.layer_index}",
+        f"e{_number(config.enhance_coe)}",
+        f"k{config.kernel_size}",
+        config.interpolation.lower(),
+        f"g{config.grayscale}",
+    ]
+    if config.geometry != "paper":
+        parts.append(config.geometry)
+    if config.max_new_tokens is not None:
+        parts.append(f"t{config.max_new_tokens}")
+    needs_hash |= config.on_error != "raise" or config.dtype is not None
+    if needs_hash:
+        parts.append("h" + config_hash(config))
+    if first_rows is not None:
+        parts.append(f"first{first_rows}")
+    return "-".join(p for p in parts if p)
+
+
+def variant_tag(config_name: str, library_version: str = __version__) -> str:
+    """The git tag that pins a published variant: ``{config_name}-v{library_version}``."""
+    return f"{config_name}-v{library_version}"
+
+
+def lmms_eval_task_name(base_task: str, config_name: str) -> str:
+    """Task name of a variant in lmms-eval: ``{base_task}_api_{config_name}``.
+
+    >>> lmms_eval_task_name("mmvet", "clip-vit-l-14-336-l22-e5-k3-lanczos-g0")
+    'mmvet_api_clip-vit-l-14-336-l22-e5-k3-lanczos-g0'
+    """
+    return f"{base_task}_api_{config_name}"
+
+
+@dataclasses.dataclass
+class VariantRecord:
+    """Everything a published variant must record (METHOD.md), as stored in ``api_variants.json``.
+
+    Attributes:
+        config_name: the ``datasets`` config (see :func:`variant_name`).
+        tag: git tag pinning the variant (``None`` until tagged, and in local folders).
+        split: split name the variant is stored under.
+        num_rows: rows in that split.
+        created: UTC date and time of the run (ISO 8601).
+        library_version: ``hf_api_prompt`` version that made it.
+        prompter: the full ``PrompterConfig`` (backend, model, weights id and sha256, every parameter).
+        source: ``dataset`` id, ``revision`` (Hub commit sha or content fingerprint), ``split``,
+            ``benchmark`` preset, ``license``, ``image_column``, ``question_column``.
+        columns: ``image`` (masked image, in the source's image column), ``heatmap``,
+            ``original_image`` (``None`` unless kept), ``status`` (passthrough only).
+        lmms_eval: ``base_task`` and ``task`` names, or ``None``.
+        preview: path of the before/heatmap/after picture in the repo.
+    """
+
+    config_name: str
+    split: str
+    num_rows: int
+    created: str
+    library_version: str
+    prompter: Dict[str, Any]
+    source: Dict[str, Any]
+    columns: Dict[str, Optional[str]]
+    lmms_eval: Optional[Dict[str, str]] = None
+    preview: Optional[str] = None
+    tag: Optional[str] = None
+
+    @property
+    def config(self) -> PrompterConfig:
+        return PrompterConfig.from_dict(self.prompter)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "VariantRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class VariantIndex:
+    """The records of all variants in one repo or folder, keyed by config name (``api_variants.json``).
+
+    Example:
+        >>> index = VariantIndex.from_json("")
+        >>> index.names()
+        []
+    """
+
+    format_version = 1
+
+    def __init__(self, records: Optional[Dict[str, VariantRecord]] = None):
+        self.records: Dict[str, VariantRecord] = dict(records or {})
+
+    @classmethod
+    def from_json(cls, text: Optional[str]) -> "VariantIndex":
+        if not text or not text.strip():
+            return cls()
+        data = json.loads(text)
+        return cls({name: VariantRecord.from_dict(record) for name, record in data.get("variants", {}).items()})
+
+    def to_json(self) -> str:
+        data = {
+            "format_version": self.format_version,
+            "variants": {name: self.records[name].to_dict() for name in sorted(self.records)},
+        }
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def upsert(self, record: VariantRecord) -> "VariantIndex":
+        """A new index with ``record`` added or replacing the record of the same config."""
+        return VariantIndex({**self.records, record.config_name: record})
+
+    def merged(self, other: "VariantIndex") -> "VariantIndex":
+        """This index updated with every record of ``other``."""
+        return VariantIndex({**self.records, **other.records})
+
+    def names(self) -> List[str]:
+        return sorted(self.records)
+
+    def __getitem__(self, name: str) -> VariantRecord:
+        try:
+            return self.records[name]
+        except KeyError:
+            raise KeyError(f"no variant {name!r} here; variants: {self.names()}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)

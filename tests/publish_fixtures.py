@@ -1,0 +1,75 @@
+"""Test data and checks shared by the publishing tests (offline and Hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+#: MM-Vet's columns in lmms-lab's copy (the task reads ``image`` and ``question``).
+MMVET_COLUMNS = ["question_id", "image", "question", "answer", "image_source", "capability"]
+
+
+def make_mmvet_like(num_rows: int = 4, seed: int = 0):
+    """A small MM-Vet-shaped split: random images of different sizes and modes, questions, answers."""
+    from datasets import Dataset, Features, Image as ImageFeature, List, Value
+
+    rng = np.random.RandomState(seed)
+    sizes = [(48, 32), (40, 64), (64, 64), (30, 45), (72, 40), (50, 50)]
+    images = []
+    for i in range(num_rows):
+        width, height = sizes[i % len(sizes)]
+        images.append(Image.fromarray(rng.randint(0, 256, (height, width, 3), dtype=np.uint8), "RGB"))
+    features = Features({
+        "question_id": Value("string"), "image": ImageFeature(), "question": Value("string"),
+        "answer": Value("string"), "image_source": Value("string"), "capability": List(Value("string")),
+    })
+    return Dataset.from_dict(
+        {
+            "question_id": [f"v1_{i}" for i in range(num_rows)],
+            "image": images,
+            "question": [f"What is in region {i} of the picture?" for i in range(num_rows)],
+            "answer": [f"answer {i}" for i in range(num_rows)],
+            "image_source": ["synthetic"] * num_rows,
+            "capability": [["rec", "ocr"][: 1 + i % 2] for i in range(num_rows)],
+        },
+        features=features,
+    )
+
+
+def save_mmvet_like(directory: Path, num_rows: int = 4, seed: int = 0) -> str:
+    """``save_to_disk`` a split made by :func:`make_mmvet_like`; returns the folder."""
+    make_mmvet_like(num_rows, seed).save_to_disk(str(directory))
+    return str(directory)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def assert_published_variant(published, source, expected, grayscale: int):
+    """``published`` keeps the benchmark's schema and holds exactly the masks of ``expected``.
+
+    Args:
+        published: the split read back (``load_dataset`` of the variant).
+        source: the source split.
+        expected: ``ImagePrompter.map(source)`` with the variant's parameters (``masked_image`` column).
+        grayscale: the variant's blend value: every masked pixel lies between it and the original.
+    """
+    assert published.column_names == MMVET_COLUMNS + ["heatmap"]
+    assert len(published) == len(source)
+    for column in ("question_id", "question", "answer", "image_source", "capability"):
+        assert published[column] == source[column], column
+    for row, (got, original, want) in enumerate(zip(published["image"], source["image"], expected["masked_image"])):
+        assert got.size == original.size, row
+        assert np.array_equal(pixels(got), pixels(want)), f"row {row}: published image is not the masked image"
+        low = np.minimum(pixels(original), grayscale) - 1
+        high = np.maximum(pixels(original), grayscale) + 1
+        assert ((pixels(got) >= low) & (pixels(got) <= high)).all(), f"row {row}: not a blend towards {grayscale}"
+        assert not np.array_equal(pixels(got), pixels(original)), f"row {row}: image was not masked"
+    for got, want in zip(published["heatmap"], expected["heatmap"]):
+        got, want = np.asarray(got, dtype=np.float32), np.asarray(want, dtype=np.float32)
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        assert got.min() >= 0 and got.max() <= 1
