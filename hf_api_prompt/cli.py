@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> dict:
         keep_original_image=args.keep_original_image,
         preview_rows=args.preview_rows,
         num_proc=args.num_proc,
+        chunk_size=args.chunk_size,
+        work_dir=args.work_dir,
     )
 
 
@@ -145,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     destination.add_argument("--private", action="store_true", help="create the Hub repo as private (if it is created)")
     options = run_parser.add_argument_group("run options")
     options.add_argument("--batch-size", type=int, default=8)
-    options.add_argument("--num-proc", type=int, help="datasets.map processes (one model per process)")
+    options.add_argument("--num-proc", type=int, help="datasets.map processes (one model per process); or use accelerate launch")
+    options.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk (default 256)")
+    options.add_argument("--work-dir", help="where chunks are kept for resuming (default: <output-dir>/.api_chunks, or the datasets cache)")
     options.add_argument("--limit", type=int, help="process only the first N rows")
     options.add_argument("--preview-rows", type=int, default=4, help="rows in the before/heatmap/after picture")
     options.add_argument("--keep-original-image", action="store_true", help="also keep the unmasked image as original_<image column>")
@@ -188,8 +192,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (PublishError, ValueError, KeyError) as error:  # the messages say what to do; a traceback would not
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         parser.exit(2, f"hf-api-prompt: error: {message}\n")
-    print(json.dumps(summary, sort_keys=True))
+    if "process_index" not in summary:  # under accelerate launch, the main process reports
+        print(json.dumps(summary, sort_keys=True))
+    _end_process_group()
     return 0
+
+
+def _end_process_group():
+    """Leave the launcher's process group cleanly (runs can abort at exit otherwise)."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 logger = logging.getLogger(__name__)
 
 ID_COLUMNS = ("question_id", "id", "index")
+CHUNKS_DIR = ".api_chunks"
 
 
 @dataclasses.dataclass
@@ -79,7 +80,7 @@ def _statuses(chunk, prompter) -> collections.Counter:
     return collections.Counter(s for s in chunk[column] if s != "ok")
 
 
-def run_sharded(prompter, dataset, work_dir, *, chunk_size: int = 256, batch_size: int = 8, state=None):
+def run_sharded(prompter, dataset, work_dir, *, chunk_size: int = 256, batch_size: int = 8, state=None, map_kwargs=None):
     """Map ``dataset`` with ``prompter`` across the processes of ``state``, resumably.
 
     Args:
@@ -89,6 +90,7 @@ def run_sharded(prompter, dataset, work_dir, *, chunk_size: int = 256, batch_siz
         chunk_size: rows per chunk (the unit of resumption).
         batch_size: rows per model call.
         state: an ``accelerate.PartialState``; created (``cpu=True`` without CUDA) if None.
+        map_kwargs: more arguments for :meth:`ImagePrompter.map` (e.g. ``num_proc``).
 
     Returns:
         ``(dataset, summary)`` on the main process (rows in the original order,
@@ -125,7 +127,9 @@ def run_sharded(prompter, dataset, work_dir, *, chunk_size: int = 256, batch_siz
                 counts["reused"] += 1
                 failures.update(_statuses(load_from_disk(str(final)), prompter))
             else:
-                chunk = prompter.map(dataset.select(range(start, stop)), batch_size=batch_size, keep_in_memory=True)
+                chunk = prompter.map(
+                    dataset.select(range(start, stop)), batch_size=batch_size, keep_in_memory=True, **(map_kwargs or {})
+                )
                 _save_atomically(chunk, final)
                 failures.update(_statuses(chunk, prompter))
                 counts["computed"] += 1

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
+from pathlib import Path
 from typing import Optional
 
 from ..prompter import ImagePrompter
 from .benchmarks import Benchmark
-from .build import build_variant
+from ..sharded import CHUNKS_DIR, run_sharded, work_key
+from .build import build_variant, rows_to_mask
 from .hub import HubPublisher, RetryPolicy
 from .layout import write_variant
 from .sources import in_memory_source, load_source
@@ -32,6 +36,8 @@ def publish_variant(
     preview_rows: int = 4,
     num_proc: Optional[int] = None,
     retry: Optional[RetryPolicy] = None,
+    chunk_size: int = 256,
+    work_dir=None,
 ) -> dict:
     """Mask ``benchmark`` with ``prompter`` and publish it as a variant.
 
@@ -52,8 +58,14 @@ def publish_variant(
         revision: revision of a Hub source (default: its main branch, pinned by sha).
         token: Hugging Face token (default: the logged-in one).
         private: visibility of a repo that has to be created.
-        batch_size, num_proc, limit, keep_original_image, preview_rows: see :func:`build_variant`.
+        batch_size: rows per model call.
+        num_proc: ``datasets`` worker processes per chunk (the accelerate-free way to use several GPUs).
+        limit, keep_original_image, preview_rows: see :func:`build_variant`.
         retry: how transient Hub errors are retried.
+        chunk_size, work_dir: rows per resumable chunk and where chunks are kept
+            (default: ``<output_dir>/.api_chunks``, or the ``datasets`` cache for a push);
+            see :func:`hf_api_prompt.sharded.run_sharded`. Under ``accelerate launch``
+            every process masks a contiguous shard and the main process publishes.
 
     Returns:
         ``{"repo_id" or "output_dir", "config_name", "revision", "num_rows", ...}``
@@ -79,15 +91,44 @@ def publish_variant(
             f"the prompter reads ({config.image_column!r}, {config.question_column!r}) but the benchmark's columns are "
             f"({benchmark.image_column!r}, {benchmark.question_column!r})"
         )
+    state = _process_state()
     publisher = None
-    if repo_id is not None:
-        publisher = HubPublisher(repo_id, token=token, private=private, retry=retry)
-        publisher.preflight(variant_name(config, first_rows=limit))  # before any compute
-    source = in_memory_source(dataset, benchmark) if dataset is not None else load_source(benchmark, revision=revision, token=token)
-    built = build_variant(
-        prompter, source, benchmark, batch_size=batch_size, limit=limit,
-        keep_original_image=keep_original_image, preview_rows=preview_rows, num_proc=num_proc,
+    # The main process goes first: it creates the repo and fills the download cache,
+    # and if it fails the launcher stops the others before any compute.
+    with state.main_process_first():
+        if repo_id is not None:
+            publisher = HubPublisher(repo_id, token=token, private=private, retry=retry)
+            publisher.preflight(variant_name(config, first_rows=limit))  # before any compute
+        source = in_memory_source(dataset, benchmark) if dataset is not None else load_source(benchmark, revision=revision, token=token)
+    rows = rows_to_mask(prompter, source, limit)
+    chunks = Path(work_dir) if work_dir is not None else Path(output_dir or default_work_dir()) / CHUNKS_DIR
+    mapped, summary = run_sharded(
+        prompter, rows, chunks, chunk_size=chunk_size, batch_size=batch_size, state=state,
+        map_kwargs={"num_proc": num_proc} if num_proc else None,
     )
-    if publisher is not None:
-        return publisher.publish(built)
-    return write_variant(output_dir, built)
+    if mapped is None:  # not the main process: the main one writes
+        return {"process_index": state.process_index, "summary": dataclasses.asdict(summary)}
+    built = build_variant(
+        prompter, source, benchmark, mapped, limit=limit, keep_original_image=keep_original_image, preview_rows=preview_rows
+    )
+    result = publisher.publish(built) if publisher is not None else write_variant(output_dir, built)
+    shutil.rmtree(chunks / work_key(prompter, rows, chunk_size), ignore_errors=True)  # published: chunks are spent
+    if chunks.is_dir() and not any(chunks.iterdir()):
+        chunks.rmdir()
+    logger.info("summary: %s", summary)
+    return {**result, "summary": {**dataclasses.asdict(summary), "rows_per_second": summary.rows_per_second}}
+
+
+def default_work_dir() -> Path:
+    """Where Hub pushes keep their resumable chunks: the ``datasets`` cache."""
+    from datasets import config as datasets_config
+
+    return Path(datasets_config.HF_DATASETS_CACHE) / "hf_api_prompt"
+
+
+def _process_state():
+    """accelerate's process state: the launcher's processes, or this one alone (CPU without CUDA)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())

@@ -41,41 +41,45 @@ def original_image_column(image_column: str) -> str:
     return f"original_{image_column}"
 
 
+def rows_to_mask(prompter: ImagePrompter, source: Source, limit: Optional[int] = None):
+    """The source rows to mask (the first ``limit`` if given), checked for column clashes."""
+    config = prompter.config
+    dataset = source.dataset
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    image = config.image_column
+    clashes = {config.masked_image_column, config.heatmap_column, original_image_column(image)} & set(dataset.column_names)
+    if clashes:
+        raise ValueError(f"the source already has column(s) {sorted(clashes)}: choose other output column names")
+    return dataset
+
+
 def build_variant(
     prompter: ImagePrompter,
     source: Source,
     benchmark: Benchmark,
+    mapped,
     *,
-    batch_size: int = 8,
     limit: Optional[int] = None,
     keep_original_image: bool = False,
     preview_rows: int = 4,
-    num_proc: Optional[int] = None,
 ) -> BuiltVariant:
-    """Mask ``source`` with ``prompter`` and lay it out in the benchmark's schema.
+    """Lay out the masked rows ``mapped`` in the benchmark's schema, with record and picture.
 
     Args:
         prompter: its ``image_column``/``question_column`` must be the benchmark's.
         source: from :func:`~hf_api_prompt.publishing.sources.load_source`.
         benchmark: supplies the split name, license, citation and lmms-eval task.
-        batch_size, num_proc: forwarded to :meth:`ImagePrompter.map`.
-        limit: mask only the first ``limit`` rows (recorded in the variant's source).
+        mapped: :func:`rows_to_mask` of ``source`` after ``prompter`` ran over it.
+        limit: the ``limit`` given to :func:`rows_to_mask` (recorded in the variant's source).
         keep_original_image: keep the unmasked image as ``original_<image column>``.
         preview_rows: rows shown in the before/heatmap/after picture (0: none).
     """
     config = prompter.config
-    dataset = source.dataset
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
     image, masked, heatmap = config.image_column, config.masked_image_column, config.heatmap_column
-    clashes = {masked, heatmap, original_image_column(image)} & set(dataset.column_names)
-    if clashes:
-        raise ValueError(f"the source already has column(s) {sorted(clashes)}: choose other output column names")
-    map_kwargs = {"num_proc": num_proc} if num_proc else {}
-    mapped = prompter.map(dataset, batch_size=batch_size, **map_kwargs)
+    order = [c for c in mapped.column_names if c not in (masked, heatmap, config.status_column, config.answer_column)]
     preview = _preview(mapped, config, preview_rows)
 
-    order = list(dataset.column_names)
     if keep_original_image:
         mapped = mapped.rename_column(image, original_image_column(image))
         order.insert(order.index(image) + 1, original_image_column(image))
