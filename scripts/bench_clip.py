@@ -1,0 +1,532 @@
+"""Benchmark of the clip backend against a plain forward pass and against the authors' formulation.
+
+    python scripts/bench_clip.py                      # both models, ~10 min on 2 CPU cores
+    python scripts/bench_clip.py --quick              # smoke run: ViT-B-16, tiny batches, ~1 min
+    python scripts/bench_clip.py --models ViT-B-16 --device cuda --json bench.json
+
+Models (open_clip, RANDOM weights: ``pretrained=None``; speed and memory do not
+depend on the weights): ViT-B-16 at 224 px with layer_index 10, ViT-L-14-336
+with layer_index 22 (the paper's setting). Each is built as
+``ImagePrompter("clip", model=..., pretrained=None, layer_index=...)``.
+
+For each model, on one batch of preprocessed synthetic 1024-px images with a
+distinct MM-Vet-like question per row:
+
+1. Throughput, in masks (or images) per second. "prompter step" is the model
+   step of the library: ``backend.encode_questions`` + ``backend.raw_maps`` +
+   ``masks.clip_mask``. "encode_image" is the plain ``model.encode_image`` on
+   the same pixels. Everything runs under ``torch.inference_mode`` after warm-up
+   calls; each number is the median over repeats, and the order of the methods
+   rotates every repeat so that drift (thermal, other load) hits all of them.
+2. Peak memory of one call, each method in a fresh subprocess, after a warm-up
+   call in that subprocess. CPU: the process's resident set size; the kernel's
+   high-water mark (VmHWM) is reset through ``/proc/self/clear_refs`` right
+   before the call, after ``malloc_trim``, so "activations" = peak RSS during the
+   call minus the RSS before it (which holds the interpreter, the model weights,
+   the inputs and the warm-up's caches), and "total" = the process's peak RSS
+   during the call. CUDA: ``torch.cuda.max_memory_allocated`` after
+   ``reset_peak_memory_stats``, minus ``memory_allocated`` before the call.
+3. Speed against "reference", a re-implementation (in this file) of the
+   authors' formulation: a forward pass through ALL blocks of the image tower,
+   every block computing its attention explicitly and materialising the
+   per-head, per-source contributions for every query
+   (``einsum('bhnm,bhmc->bhnmc')``, [B, heads, n, n, head_dim]) as the authors'
+   open_clip fork does; at block ``layer_index`` (only there, which favours the
+   reference) it keeps the [CLS] query's per-source contributions mapped
+   through out_proj per head, and the patch
+   tokens of the residual stream; both are scored through ln_post (with the
+   final [CLS] statistics), proj and the embedding norm, as the golden
+   fixtures' README describes, then merged by ``masks.clip_mask``. The run
+   checks that its mask equals the prompter's (max abs diff printed).
+4. End to end: ``prompter.map(ds, batch_size=...)`` on a ``datasets.Dataset``
+   of JPEG-encoded 1024x768 / 768x1024 images (decode, preprocess, model,
+   mask resize + blend, PNG + Arrow writing), in rows/s, against the model step
+   alone at the same batch size; plus a breakdown of where the time goes, each
+   stage timed separately on the same images.
+
+The result is one table per model and a summary of the ratios with their
+targets; ``--json PATH`` saves every number. Timings need an otherwise idle
+machine: each table prints the 1-min load average at its start and end, and
+the speed line gives the ratios from the fastest calls beside those from the
+medians. With more busy threads than cores, torch's OpenMP threads wait on one
+another and calls slow down several times over, unevenly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import ctypes
+import dataclasses
+import gc
+import io
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Array2D, Dataset, Features, Value, disable_progress_bars
+from datasets import Image as ImageFeature
+from PIL import Image
+
+import hf_api_prompt
+from hf_api_prompt import ImagePrompter, masks
+from hf_api_prompt.inputs import open_image
+
+logger = logging.getLogger("bench_clip")
+
+QUESTIONS = [
+    "What is the total price of all the items listed on the receipt in this picture?",
+    "How many people in the photo are wearing glasses, and what are they holding?",
+    "Which country's flag is shown on the building at the left side of the image?",
+    "What is written on the blue sign above the entrance of the small shop?",
+    "Is the person on the right side of the picture older than the person on the left?",
+    "What breed is the dog lying on the sofa, and what color is its collar?",
+    "Which of the two bottles on the table contains more liquid, the green one or the brown one?",
+    "What time does the clock on the wall show, and is it morning or evening outside?",
+    "How many slices of pizza are left in the box on the kitchen counter?",
+    "What is the main ingredient of the dish shown on the white plate in front?",
+    "Can you read the license plate number of the red car parked near the tree?",
+    "What does the chart in the slide say about sales growth between 2019 and 2021?",
+    "Which animal in the picture is closest to the camera, and what is it doing?",
+    "What is the name of the book that the girl on the bench is reading?",
+    "How many windows can you count on the front of the old brick house?",
+    "What sport are the children playing in the field, and which team is winning?",
+    "What is the handwritten equation on the whiteboard, and what is its solution?",
+    "Which fruit in the bowl is not ripe yet, judging from its color and shape?",
+    "What is the weather like in this scene, and what season does it seem to be?",
+    "Where is the cat hiding, under the chair or behind the curtain near the window?",
+    "What is the brand of the laptop on the desk, and is its screen turned on?",
+    "How much does the coffee cost according to the menu board behind the counter?",
+    "Which direction does the arrow on the road sign point, and what town does it name?",
+    "What musical instrument is the man in the black jacket playing on the stage?",
+]
+
+GLIBC = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    layer_index: int
+    batch_size: int
+    reference_batch_size: int  # the reference holds [B, heads, n, n, head_dim] per block
+
+
+MODELS = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("ViT-B-16", layer_index=10, batch_size=8, reference_batch_size=2),
+        ModelSpec("ViT-L-14-336", layer_index=22, batch_size=4, reference_batch_size=1),
+    )
+}
+
+
+@dataclasses.dataclass
+class Check:
+    model: str
+    name: str
+    value: float
+    op: str  # ">=" or "<="; "" for a number reported without a target
+    target: Optional[float]
+
+    @property
+    def result(self) -> str:
+        if self.target is None:
+            return "INFO"
+        ok = self.value >= self.target if self.op == ">=" else self.value <= self.target
+        return "PASS" if ok else "FAIL"
+
+
+def build_prompter(spec: ModelSpec, device: Optional[str], dtype: Optional[str]) -> ImagePrompter:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+        return ImagePrompter("clip", model=spec.name, pretrained=None, layer_index=spec.layer_index, device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------- the steps
+def prompter_mask(backend, pixels: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+    """The library's model step: text embedding, raw maps, merged grid mask."""
+    attention, tokens = backend.raw_maps(pixels, backend.encode_questions(questions))
+    return masks.clip_mask(attention, tokens, backend.config.enhance_coe, backend.config.kernel_size)
+
+
+def plain_encode(backend, pixels: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+    """What any user of the model pays for one image embedding."""
+    return backend.model.encode_image(pixels)
+
+
+def reference_mask(backend, pixels: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+    """The authors' formulation of the clip mask, written out (module docstring, item 3)."""
+    model = backend.model
+    tokens = backend.tokenizer(list(questions)).to(pixels.device)
+    text = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    attention_map, token_map = reference_raw_maps(model.visual, pixels, text, backend.config.layer_index)
+    gh, gw = model.visual.grid_size
+    return masks.clip_mask(
+        attention_map.reshape(-1, gh, gw), token_map.reshape(-1, gh, gw), backend.config.enhance_coe, backend.config.kernel_size
+    )
+
+
+def explicit_block(block, x: torch.Tensor, keep_cls_sources: bool):
+    """One residual attention block with its attention spelled out.
+
+    Returns the block output and, if asked, the [CLS] query's contribution of
+    every (head, source) pair mapped through out_proj: ``[B, heads, n, D]``.
+    """
+    attn = block.attn
+    batch, n, width = x.shape
+    heads = attn.num_heads
+    head_dim = width // heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(batch, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    probs = torch.softmax((q * head_dim ** -0.5) @ k.transpose(-1, -2), dim=-1)  # [B, heads, n, n]
+    per_source = torch.einsum("bhnm,bhmc->bhnmc", probs, v)  # every query, head and source
+    heads_out = per_source.sum(3).transpose(1, 2).reshape(batch, n, width)
+    out = x + block.ls_1(attn.out_proj(heads_out))
+    out = out + block.ls_2(block.mlp(block.ln_2(out)))
+    cls_sources = None
+    if keep_cls_sources:
+        out_weight = attn.out_proj.weight.view(width, heads, head_dim)
+        cls_sources = torch.einsum("bhmc,dhc->bhmd", per_source[:, :, 0], out_weight)
+    return out, cls_sources
+
+
+def reference_raw_maps(visual, pixels: torch.Tensor, text: torch.Tensor, layer_index: int):
+    """Attention and token maps ``[B, G*G]`` scored as the authors' code does, after a full forward pass.
+
+    ln_post is applied as a linear map with the statistics of the final [CLS]
+    token; each of the ``parts`` vectors that sum to that token takes
+    ``1/parts`` of its mean and bias (golden/clip_public/README.md, step 3).
+    """
+    blocks = visual.transformer.resblocks
+    x = visual._embeds(pixels)
+    for index, block in enumerate(blocks):
+        x, cls_sources = explicit_block(block, x, keep_cls_sources=index == layer_index)
+        if cls_sources is not None:
+            n = x.shape[1]
+            sources = block.ls_1(cls_sources.sum(1) + block.attn.out_proj.bias / n)[:, 1:]
+            patch_tokens = x[:, 1:]
+    ln_post = visual.ln_post
+    final_cls = x[:, 0]
+    mean = final_cls.mean(-1)[:, None, None]
+    std = torch.sqrt(final_cls.var(-1, unbiased=False) + ln_post.eps)[:, None, None]
+    norm = (ln_post(final_cls) @ visual.proj).norm(dim=-1)[:, None, None]
+    parts = 2 * len(blocks) - 1
+
+    def score(vectors: torch.Tensor, share: int) -> torch.Tensor:
+        normed = (vectors - mean / share) / std * ln_post.weight + ln_post.bias / share
+        return ((normed @ visual.proj / norm).float() * text[:, None]).sum(-1)
+
+    return score(sources, parts * n), score(patch_tokens, parts)
+
+
+STEPS: Dict[str, Callable] = {"prompter step": prompter_mask, "encode_image": plain_encode, "reference": reference_mask}
+
+
+# ------------------------------------------------------------- measurements
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(calls: Dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int) -> Dict[str, List[float]]:
+    """Seconds per call of each entry; the order rotates every round so drift hits all entries alike."""
+    names = list(calls)
+    seconds: Dict[str, List[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for round_index in range(warmup + repeats):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                _sync(device)
+                start = time.perf_counter()
+                calls[name]()
+                _sync(device)
+                if round_index >= warmup:
+                    seconds[name].append(time.perf_counter() - start)
+                logger.debug("%s: %.3f s", name, time.perf_counter() - start)
+    return seconds
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_of(call: Callable[[], object], device: torch.device) -> Dict[str, int]:
+    """``{"before", "peak"}`` in bytes around one call (module docstring, item 2)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        call()
+        torch.cuda.synchronize(device)
+        return {"before": before, "peak": torch.cuda.max_memory_allocated(device)}
+    if GLIBC is None:
+        raise RuntimeError("CPU memory is measured from /proc (Linux only)")
+    GLIBC.malloc_trim(0)  # hand freed heap back, so reused free memory cannot hide growth
+    before = _proc_status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the high-water mark to the current RSS
+    call()
+    return {"before": before * 1024, "peak": _proc_status_kib("VmHWM") * 1024}
+
+
+def _memory_worker(spec: ModelSpec, device: Optional[str], dtype: Optional[str], threads: int, step: str,
+                   pixels: np.ndarray, questions: List[str]):
+    """Runs in a fresh process: load, warm up, then measure one call of ``step``."""
+    backend = build_prompter(spec, device, dtype).backend()
+    torch.set_num_threads(threads)  # as in the parent (the library may pick one thread in worker processes)
+    batch = torch.from_numpy(pixels).to(backend.device, backend.dtype)
+    with torch.inference_mode():
+        STEPS[step](backend, batch, questions)
+        return peak_memory_of(lambda: STEPS[step](backend, batch, questions), backend.device)
+
+
+def measure_memory(spec: ModelSpec, args, step: str, pixels: torch.Tensor, questions: List[str]) -> Dict[str, int]:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        job = pool.submit(_memory_worker, spec, args.device, args.dtype, torch.get_num_threads(), step,
+                          pixels.float().cpu().numpy(), list(questions))
+        return job.result()
+
+
+# ----------------------------------------------------------------- the data
+def synthetic_jpegs(count: int, seed: int = 0) -> List[bytes]:
+    """Smooth random colour fields with sensor-like noise, 1024x768 and 768x1024, as JPEG bytes."""
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for index in range(count):
+        size = (1024, 768) if index % 2 == 0 else (768, 1024)
+        coarse = rng.integers(0, 256, size=(size[1] // 128, size[0] // 128, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
+        noisy = np.clip(smooth + rng.normal(0.0, 8.0, smooth.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noisy).save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def questions_for(rows: int) -> List[str]:
+    """Distinct questions for up to ``len(QUESTIONS)`` rows, cycling beyond."""
+    return [QUESTIONS[i % len(QUESTIONS)] for i in range(rows)]
+
+
+def make_dataset(jpegs: List[bytes], questions: List[str]) -> Dataset:
+    features = Features({"image": ImageFeature(), "question": Value("string")})
+    return Dataset.from_dict({"image": [{"bytes": data, "path": None} for data in jpegs], "question": questions}, features=features)
+
+
+def _timed(function: Callable[[], object]):
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def end_to_end_breakdown(prompter: ImagePrompter, backend, dataset: Dataset, batch_size: int) -> Dict[str, float]:
+    """Seconds spent by each stage of ``prompter.map`` over all rows, each stage timed on its own."""
+    config = prompter.config
+    stored = dataset.cast_column(config.image_column, ImageFeature(decode=False))[config.image_column]
+    questions = list(dataset[config.question_column])
+    spans = [slice(start, start + batch_size) for start in range(0, len(dataset), batch_size)]
+    images, decode = _timed(lambda: [open_image(value) for value in stored])
+    pixels, preprocess = _timed(lambda: [backend.pixels(images[span]) for span in spans])
+    with torch.inference_mode():
+        grid_masks, model = _timed(lambda: [
+            prompter_mask(backend, batch, questions[span]).cpu().numpy() for batch, span in zip(pixels, spans)
+        ])
+    blended, blend = _timed(lambda: [
+        masks.masked_images(images[span], grid_mask, [None] * len(grid_mask), config.interpolation, config.grayscale)
+        for grid_mask, span in zip(grid_masks, spans)
+    ])
+    features = Features({config.masked_image_column: ImageFeature(), config.heatmap_column: Array2D(prompter.grid_shape, "float32")})
+    _, encode = _timed(lambda: [
+        Dataset.from_dict({config.masked_image_column: batch, config.heatmap_column: list(grid_mask)}, features=features)
+        for batch, grid_mask in zip(blended, grid_masks)
+    ])
+    return {"decode": decode, "preprocess": preprocess, "model step": model, "mask resize + blend": blend,
+            "PNG + Arrow encoding": encode}
+
+
+# ------------------------------------------------------------------ a model
+def bench_model(spec: ModelSpec, args, jpegs: List[bytes]) -> dict:
+    batch_size = args.batch_size or spec.batch_size
+    reference_batch = min(batch_size, args.reference_batch_size or spec.reference_batch_size)
+    load_before = os.getloadavg()[0]
+    prompter = build_prompter(spec, args.device, args.dtype)
+    logger.info("%s: loading (random weights)", spec.name)
+    backend, load_seconds = _timed(prompter.backend)
+    device = backend.device
+    questions = questions_for(len(jpegs))
+    pixels = backend.pixels([open_image(data) for data in jpegs[:batch_size]])
+    batch_questions = questions[:batch_size]
+    reference_pixels, reference_questions = pixels[:reference_batch], batch_questions[:reference_batch]
+
+    logger.info("%s: throughput, %d warm-up + %d repeats", spec.name, args.warmup, args.repeats)
+    seconds = time_alternating(
+        {
+            "prompter step": lambda: prompter_mask(backend, pixels, batch_questions),
+            "encode_image": lambda: plain_encode(backend, pixels, batch_questions),
+            "reference": lambda: reference_mask(backend, reference_pixels, reference_questions),
+        },
+        device, args.repeats, args.warmup,
+    )
+    rows = {"prompter step": batch_size, "encode_image": batch_size, "reference": reference_batch}
+    rates = {name: rows[name] / statistics.median(values) for name, values in seconds.items()}
+    with torch.inference_mode():
+        mask_diff = float((prompter_mask(backend, reference_pixels, reference_questions)
+                           - reference_mask(backend, reference_pixels, reference_questions)).abs().max())
+
+    logger.info("%s: peak memory, one fresh process per method", spec.name)
+    memory = {step: measure_memory(spec, args, step, pixels, batch_questions) for step in ("prompter step", "encode_image")}
+    for numbers in memory.values():
+        numbers["activations"] = numbers["peak"] - numbers["before"]
+
+    logger.info("%s: end to end on %d rows", spec.name, len(jpegs))
+    dataset = make_dataset(jpegs, questions)
+    _, e2e_seconds = _timed(lambda: prompter.map(dataset, batch_size=batch_size, load_from_cache_file=False))
+    breakdown = end_to_end_breakdown(prompter, backend, dataset, batch_size)
+    breakdown["rest (map machinery, Arrow reads, ...)"] = e2e_seconds - sum(breakdown.values())
+
+    return {
+        "model": spec.name, "layer_index": spec.layer_index, "load_average": [load_before, os.getloadavg()[0]], "grid": list(prompter.grid_shape),
+        "device": str(device), "dtype": str(backend.dtype).replace("torch.", ""), "load_seconds": load_seconds,
+        "batch_size": batch_size, "reference_batch_size": reference_batch, "repeats": args.repeats, "warmup": args.warmup,
+        "seconds_per_call": seconds, "per_second": rates, "reference_mask_max_abs_diff": mask_diff,
+        "memory_bytes": memory, "end_to_end": {"rows": len(jpegs), "seconds": e2e_seconds, "rows_per_second": len(jpegs) / e2e_seconds,
+                                               "breakdown_seconds": breakdown},
+    }
+
+
+def checks_for(result: dict) -> List[Check]:
+    name, rates, memory = result["model"], result["per_second"], result["memory_bytes"]
+    step, plain = memory["prompter step"], memory["encode_image"]
+    return [
+        Check(name, "throughput: prompter step / encode_image", rates["prompter step"] / rates["encode_image"], ">=", 1.0),
+        Check(name, "peak memory, activations: step / encode_image", step["activations"] / plain["activations"], "<=", 1.2),
+        Check(name, "peak memory, whole process: step / encode_image", step["peak"] / plain["peak"], "<=", 1.2),
+        Check(name, "speed-up over the authors' formulation", rates["prompter step"] / rates["reference"], ">=",
+              20.0 if name == "ViT-L-14-336" else None),
+        Check(name, "reference mask vs prompter mask, max abs diff", result["reference_mask_max_abs_diff"], "<=", 1e-4),
+        Check(name, "end to end: map rows/s / step masks/s", result["end_to_end"]["rows_per_second"] / rates["prompter step"], ">=", 0.7),
+    ]
+
+
+# ------------------------------------------------------------------- output
+def _mib(value: float) -> str:
+    return f"{value / 2 ** 20:,.0f} MiB"
+
+
+def format_model(result: dict) -> str:
+    rates, seconds, memory, e2e = result["per_second"], result["seconds_per_call"], result["memory_bytes"], result["end_to_end"]
+    batch, reference_batch = result["batch_size"], result["reference_batch_size"]
+    gh, gw = result["grid"]
+    step, plain = memory["prompter step"], memory["encode_image"]
+    memory_how = ("CUDA allocator peak" if result["device"].startswith("cuda")
+                  else "process RSS, high-water mark reset before the call")
+    lines = [
+        f"== {result['model']}  layer_index {result['layer_index']}, grid {gh}x{gw}, {result['device']} {result['dtype']}, "
+        f"torch threads {torch.get_num_threads()}, model load {result['load_seconds']:.1f} s ==",
+        f"(1-min load average of the machine: {result['load_average'][0]:.2f} at start, {result['load_average'][1]:.2f} at end)",
+        f"1+3. speed ({result['repeats']} timed calls each after {result['warmup']} warm-up, methods rotated each repeat; "
+        "per s = rows / median)",
+        f"  {'method':<44}{'batch':>6}{'median s':>10}{'min s':>8}{'per s':>8}",
+    ]
+    for name, label in (("prompter step", "prompter step (questions+raw_maps+clip_mask)"),
+                        ("encode_image", "plain model.encode_image"),
+                        ("reference", "reference (authors' formulation)")):
+        size = reference_batch if name == "reference" else batch
+        lines.append(f"  {label:<44}{size:>6}{statistics.median(seconds[name]):>10.3f}{min(seconds[name]):>8.3f}{rates[name]:>8.2f}")
+    best = {name: rows / min(seconds[name]) for name, rows in (("prompter step", batch), ("encode_image", batch), ("reference", reference_batch))}
+    lines += [
+        f"  prompter step / encode_image: {rates['prompter step'] / rates['encode_image']:.2f} from medians, "
+        f"{best['prompter step'] / best['encode_image']:.2f} from minima; prompter step / reference: "
+        f"{rates['prompter step'] / rates['reference']:.2f} from medians, {best['prompter step'] / best['reference']:.2f} from minima",
+        f"  reference mask == prompter mask: max abs diff {result['reference_mask_max_abs_diff']:.2e}",
+        f"2. peak memory of one call at batch {batch} (fresh process each, after a warm-up call; {memory_how})",
+        f"  {'method':<44}{'before':>13}{'peak':>13}{'activations':>14}",
+        f"  {'prompter step':<44}{_mib(step['before']):>13}{_mib(step['peak']):>13}{_mib(step['activations']):>14}",
+        f"  {'plain model.encode_image':<44}{_mib(plain['before']):>13}{_mib(plain['peak']):>13}{_mib(plain['activations']):>14}",
+        "  (before = interpreter + weights + inputs + warm-up caches; activations = peak - before)",
+        f"4. end to end: prompter.map on {e2e['rows']} JPEG rows of 1024x768/768x1024, batch {batch}: "
+        f"{e2e['seconds']:.1f} s, {e2e['rows_per_second']:.2f} rows/s (model step alone: {rates['prompter step']:.2f} masks/s)",
+        f"  {'stage (each timed on its own, same rows)':<44}{'s':>10}{'ms/row':>10}{'share':>8}",
+    ]
+    for stage, value in e2e["breakdown_seconds"].items():
+        lines.append(f"  {stage:<44}{value:>10.2f}{1000 * value / e2e['rows']:>10.1f}{value / e2e['seconds']:>8.0%}")
+    return "\n".join(lines)
+
+
+def format_summary(checks: List[Check]) -> str:
+    lines = ["== summary ==", f"  {'model':<14}{'ratio':<50}{'value':>10}  {'target':<11}result"]
+    for check in checks:
+        target = f"{check.op} {check.target:g}" if check.target is not None else "-"
+        value = f"{check.value:.2e}" if check.value < 0.01 else f"{check.value:.2f}"
+        lines.append(f"  {check.model:<14}{check.name:<50}{value:>10}  {target:<11}{check.result}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="default: all (ViT-B-16 only with --quick)")
+    parser.add_argument("--batch-size", type=int, help="rows per model call (default: 8 for ViT-B-16, 4 for ViT-L-14-336)")
+    parser.add_argument("--reference-batch-size", type=int, help="rows per reference call (default: 2 / 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per method (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per method first (default 1)")
+    parser.add_argument("--rows", type=int, default=16, help="rows of the end-to-end dataset (default 16)")
+    parser.add_argument("--device", help="torch device (default: the library's choice, cuda if present)")
+    parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the library's choice for the device)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 repeat, 4 rows, ViT-B-16 unless --models")
+    parser.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every timed call")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models = args.models or ["ViT-B-16"]
+        args.batch_size, args.reference_batch_size = args.batch_size or 2, args.reference_batch_size or 1
+        args.repeats, args.rows = 1, min(args.rows, 4)
+    args.models = args.models or list(MODELS)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    disable_progress_bars()
+    started = time.perf_counter()
+    if os.getloadavg()[0] > 0.5:
+        logger.warning("1-min load average is %.2f: other processes use the CPUs, so timings will be noisy", os.getloadavg()[0])
+    # At least one full batch of rows, so the throughput batch comes from the same images.
+    rows = {name: max(args.rows, args.batch_size or MODELS[name].batch_size) for name in args.models}
+    jpegs = synthetic_jpegs(max(rows.values()))
+    results, checks = [], []
+    for name in args.models:
+        result = bench_model(MODELS[name], args, jpegs[:rows[name]])
+        results.append(result)
+        checks += checks_for(result)
+        print(format_model(result) + "\n", flush=True)
+    print(format_summary(checks))
+    wall = time.perf_counter() - started
+    print(f"\nhf_api_prompt {hf_api_prompt.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"torch threads {torch.get_num_threads()}, wall time {wall / 60:.1f} min")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "wall_seconds": wall, "torch": torch.__version__, "cpus": os.cpu_count(),
+                       "results": results, "checks": [dataclasses.asdict(c) | {"result": c.result} for c in checks]},
+                      handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
