@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -183,22 +184,28 @@ class ImagePrompter:
         return columns
 
 
+_FORKED = False
+
+
+def _mark_forked():
+    global _FORKED
+    _FORKED = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
+
+
 def _one_thread_in_forked_worker():
-    """In a ``num_proc`` worker, use one intra-op torch thread.
+    """In a forked process (``datasets``' ``num_proc`` workers), use one intra-op torch thread.
 
-    ``datasets`` forks its workers; torch's CPU backend (GNU OpenMP) hangs in a
-    forked child whose parent already ran parallel regions, e.g. after a
-    single-process ``map``. torch's own DataLoader workers do the same.
+    torch's CPU backend (GNU OpenMP) hangs in a forked child whose parent already
+    ran parallel regions, e.g. after a single-process ``map``; torch's own
+    DataLoader workers do the same. Spawned processes are left alone.
     """
-    import sys
+    if _FORKED:
+        import torch
 
-    for name in ("multiprocess", "multiprocessing"):
-        module = sys.modules.get(name)
-        if module is not None and module.parent_process() is not None:
-            import torch
-
-            torch.set_num_threads(1)
-            return
+        torch.set_num_threads(1)
 
 
 def _split_map_args(args: Tuple[Any, ...]) -> Tuple[Optional[Sequence[int]], Optional[int]]:

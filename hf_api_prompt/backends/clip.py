@@ -223,23 +223,32 @@ class ClipBackend(Backend):
 
         ``c[m] = sum_j a_j[m] W_out[:, j] v_j[m]``, so ``c[m] . u = sum_j a_j[m]
         (v_j[m] . W_out[:, j]^T u)``: the per-head, per-source vectors never need
-        to be formed (the reference code builds them for every block).
+        to be formed (the reference code builds them for every block). The query
+        and the text direction are also folded into the key and value weights
+        (``q0_j . k_j[m] = h[m] . W_k_j^T q0_j`` + a constant the softmax ignores),
+        so the tokens meet one ``[D, 2 * heads]`` matrix instead of the ``[D, 2D]``
+        key/value projection.
         """
         attn = block.attn
         h = block.ln_1(x).float()
-        batch, n, width = h.shape
+        width = h.shape[-1]
         heads = attn.num_heads
         head_dim = width // heads
         weight = attn.in_proj_weight.float()
         bias = attn.in_proj_bias.float() if attn.in_proj_bias is not None else torch.zeros(3 * width, device=h.device)
-        q = F.linear(h[:, 0], weight[:width], bias[:width]).view(batch, heads, 1, head_dim)
-        k, v = F.linear(h, weight[width:], bias[width:]).view(batch, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
-        probs = torch.softmax((q * head_dim ** -0.5) @ k.transpose(-1, -2), dim=-1)[:, :, 0]  # [B, heads, n]
+        query = F.linear(h[:, 0], weight[:width], bias[:width]).view(-1, heads, head_dim)
         gamma = getattr(block.ls_1, "gamma", None)
         direction = u * gamma.float() if gamma is not None else u
-        w = (direction @ attn.out_proj.weight.float()).view(batch, heads, 1, head_dim)
-        values = (v * w).sum(-1)  # [B, heads, n]
-        return (probs * values).sum(1)[:, 1:]
+        w = (direction @ attn.out_proj.weight.float()).view(-1, heads, head_dim)
+        key_weight = weight[width:2 * width].view(heads, head_dim, width)
+        value_weight = weight[2 * width:].view(heads, head_dim, width)
+        folded = torch.cat(
+            [torch.einsum("bhd,hde->bhe", query * head_dim ** -0.5, key_weight), torch.einsum("bhd,hde->bhe", w, value_weight)],
+            dim=1,
+        )  # [B, 2 * heads, D]
+        logits, values = torch.einsum("bnd,bkd->bkn", h, folded).split(heads, dim=1)  # [B, heads, n] each
+        values = values + (bias[2 * width:].view(heads, head_dim) * w).sum(-1)[..., None]
+        return (torch.softmax(logits, dim=-1) * values).sum(1)[:, 1:]
 
     def grid_box(self, size: Tuple[int, int]) -> Tuple[float, float, float, float]:
         """Grid-coordinate box covering the whole image, inverting resize + center crop."""
