@@ -1,19 +1,22 @@
 """Procedural scenes: shapes on a noisy background, with questions about one object.
 
 Deterministic from a seed. Each scene knows where its objects are, so a mask can
-be scored (did it land on the object the question asks about?) and the bundled
-demo data set needs no downloads.
+be scored (did it land on the object the question asks about?), a small CLIP can
+be trained on it (captions, and hard-negative captions that swap colours and
+shapes), and the bundled demo data set needs no downloads.
 
 >>> scene = make_scene(seed=3, size=(160, 120))
 >>> scene.image.size, scene.question.endswith("?"), len(scene.target.box)
 ((160, 120), True, 4)
+>>> [o.describe() for o in make_scene(seed=7, size=(112, 112), min_objects=2).objects]
+['yellow circle', 'blue square']
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -27,6 +30,9 @@ COLORS = {
     "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
+#: What each question type names about its target: "color" questions name the
+#: shape ("What color is the triangle?"), "shape" questions name the colour,
+#: "where" questions name both.
 QUESTION_TYPES = ("color", "shape", "where")
 
 
@@ -35,6 +41,9 @@ class SceneObject:
     shape: str
     color: str
     box: Tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
+
+    def describe(self) -> str:
+        return f"{self.color} {self.shape}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +54,34 @@ class Scene:
     question: str
     answer: str
     question_type: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Caption:
+    """A text about a scene and what it claims: every mention must match an object.
+
+    Attributes:
+        text: the text the model reads.
+        mentions: ``(color, shape)`` pairs, ``None`` where the text leaves that
+            attribute open ("the triangle" is ``(None, "triangle")``).
+    """
+
+    text: str
+    mentions: Tuple[Tuple[Optional[str], Optional[str]], ...]
+
+    def holds_for(self, objects: Sequence[SceneObject]) -> bool:
+        """True when each mention matches some object of the scene.
+
+        >>> red_triangle = SceneObject("triangle", "red", (0, 0, 9, 9))
+        >>> Caption("a red object", (("red", None),)).holds_for([red_triangle])
+        True
+        >>> Caption("a blue triangle", (("blue", "triangle"),)).holds_for([red_triangle])
+        False
+        """
+        return all(
+            any((color is None or o.color == color) and (shape is None or o.shape == shape) for o in objects)
+            for color, shape in self.mentions
+        )
 
 
 def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject):
@@ -69,8 +106,46 @@ def _where(box, size) -> str:
     return f"{vertical} {horizontal}"
 
 
-def make_scene(seed: int, size: Tuple[int, int] = (128, 128), max_objects: int = 4) -> Scene:
-    """One scene of 1..``max_objects`` non-overlapping shapes in distinct colors and shapes."""
+def question_about(target: SceneObject, question_type: str, size: Tuple[int, int]) -> Tuple[str, str]:
+    """``(question, answer)`` of type ``question_type`` about ``target`` in an image of ``size``.
+
+    >>> question_about(SceneObject("cross", "blue", (0, 0, 20, 20)), "shape", (112, 112))
+    ('What shape is the blue object?', 'cross')
+    """
+    if question_type == "color":
+        return f"What color is the {target.shape}?", target.color
+    if question_type == "shape":
+        return f"What shape is the {target.color} object?", target.shape
+    if question_type == "where":
+        return f"Where is the {target.color} {target.shape}?", _where(target.box, size)
+    raise ValueError(f"unknown question type {question_type!r}; known: {QUESTION_TYPES}")
+
+
+def question_mention(target: SceneObject, question_type: str) -> Tuple[Optional[str], Optional[str]]:
+    """What a question of ``question_type`` about ``target`` names: ``(color, shape)``, ``None`` if unnamed."""
+    return {
+        "color": (None, target.shape),
+        "shape": (target.color, None),
+        "where": (target.color, target.shape),
+    }[question_type]
+
+
+def make_scene(
+    seed: int,
+    size: Tuple[int, int] = (128, 128),
+    max_objects: int = 4,
+    min_objects: int = 1,
+) -> Scene:
+    """One scene of ``min_objects..max_objects`` non-overlapping shapes in distinct colors and shapes.
+
+    Args:
+        seed: everything (background, layout, target, question) follows from it.
+        size: ``(width, height)`` in pixels. Object sides are 1/6 to 1/3 of the short side.
+        max_objects, min_objects: bounds of the uniformly drawn object count (at most 4:
+            shapes are distinct).
+    """
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
     rng = random.Random(seed)
     noise = np.random.default_rng(seed)
     width, height = size
@@ -80,33 +155,105 @@ def make_scene(seed: int, size: Tuple[int, int] = (128, 128), max_objects: int =
     draw = ImageDraw.Draw(image)
     colors = rng.sample(sorted(COLORS), k=min(max_objects, len(COLORS)))
     shapes = rng.sample(SHAPES, k=min(max_objects, len(SHAPES)))
-    count = rng.randint(1, min(max_objects, len(colors), len(shapes)))
+    count = rng.randint(min(min_objects, len(colors), len(shapes)), min(max_objects, len(colors), len(shapes)))
     objects: List[SceneObject] = []
     short = min(width, height)
     for index in range(count):
-        for _ in range(100):  # rejection sampling of a free spot
+        # Rejection sampling of a free spot; the first min_objects must be placed.
+        for attempt in range(100 if index >= min_objects else 10_000):
             side = rng.randint(max(6, short // 6), max(7, short // 3))
             x0, y0 = rng.randint(0, width - side), rng.randint(0, height - side)
             box = (x0, y0, x0 + side, y0 + side)
             if all(box[2] <= o.box[0] or o.box[2] <= box[0] or box[3] <= o.box[1] or o.box[3] <= box[1] for o in objects):
                 objects.append(SceneObject(shapes[index], colors[index], box))
                 break
+    if len(objects) < min_objects:
+        raise RuntimeError(f"seed {seed}: could not place {min_objects} objects in {size}")
     for obj in objects:
         _draw(draw, obj)
     target = objects[rng.randrange(len(objects))]
     question_type = rng.choice(QUESTION_TYPES)
-    if question_type == "color":
-        question, answer = f"What color is the {target.shape}?", target.color
-    elif question_type == "shape":
-        question, answer = f"What shape is the {target.color} object?", target.shape
-    else:
-        question, answer = f"Where is the {target.color} {target.shape}?", _where(target.box, size)
+    question, answer = question_about(target, question_type, size)
     return Scene(image, tuple(objects), target, question, answer, question_type)
 
 
-def scene_rows(seeds, size=(128, 128)) -> dict:
-    """Columns of a benchmark-shaped data set (``image``, ``question``, ``answer``, ``bbox``...)."""
-    scenes = [make_scene(seed, size) for seed in seeds]
+def _a(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _listing(phrases: Sequence[str]) -> str:
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def caption(objects: Sequence[SceneObject], rng: random.Random) -> Caption:
+    """All objects, in shuffled order: ``"a red triangle and a blue circle"``.
+
+    >>> objects = [SceneObject("triangle", "red", (0, 0, 9, 9)), SceneObject("circle", "blue", (20, 0, 29, 9))]
+    >>> caption(objects, random.Random(0)).text
+    'a red triangle and a blue circle'
+    """
+    order = list(objects)
+    rng.shuffle(order)
+    return Caption(_listing([_a(o.describe()) for o in order]), tuple((o.color, o.shape) for o in order))
+
+
+def hard_negative_caption(objects: Sequence[SceneObject], rng: random.Random) -> Caption:
+    """A caption false for the scene that differs from a true one in one binding.
+
+    With two or more objects, half of the time the colours of two objects are
+    swapped (``"a blue triangle and a red circle"`` for a red triangle and a blue
+    circle); otherwise one object's colour or shape is replaced by one the scene
+    lacks. The objects are listed in shuffled order.
+
+    >>> objects = [SceneObject("triangle", "red", (0, 0, 9, 9)), SceneObject("circle", "blue", (20, 0, 29, 9))]
+    >>> negative = hard_negative_caption(objects, random.Random(1))
+    >>> negative.holds_for(objects), negative.text
+    (False, 'a red circle and a blue triangle')
+    """
+    pairs = [(o.color, o.shape) for o in objects]
+    if len(pairs) >= 2 and rng.random() < 0.5:
+        i, j = rng.sample(range(len(pairs)), 2)
+        pairs[i], pairs[j] = (pairs[j][0], pairs[i][1]), (pairs[i][0], pairs[j][1])
+    else:
+        index = rng.randrange(len(pairs))
+        color, shape = pairs[index]
+        if rng.random() < 0.5:
+            color = rng.choice(sorted(set(COLORS) - {c for c, _ in pairs}))
+        else:
+            options = sorted(set(SHAPES) - {s for _, s in pairs})
+            if options:
+                shape = rng.choice(options)
+            else:  # all four shapes present: change the colour instead
+                color = rng.choice(sorted(set(COLORS) - {c for c, _ in pairs}))
+        pairs[index] = (color, shape)
+    rng.shuffle(pairs)
+    return Caption(_listing([_a(f"{c} {s}") for c, s in pairs]), tuple(pairs))
+
+
+def mention_text(mention: Tuple[Optional[str], Optional[str]], rng: random.Random) -> str:
+    """A question (the benchmark's template) or a phrase naming exactly ``mention``.
+
+    >>> mention_text(("red", None), random.Random(0)), mention_text(("red", None), random.Random(1))
+    ('a red object', 'What shape is the red object?')
+    """
+    color, shape = mention
+    if color is None and shape is None:
+        raise ValueError("a mention names a colour, a shape or both")
+    if rng.random() < 0.5:
+        if color is None:
+            return f"What color is the {shape}?"
+        return f"What shape is the {color} object?" if shape is None else f"Where is the {color} {shape}?"
+    return _a(f"{color} {shape or 'object'}" if color else shape)
+
+
+def scene_rows(seeds, size=(128, 128), min_objects: int = 1) -> dict:
+    """Columns of a benchmark-shaped data set (``image``, ``question``, ``answer``, ``bbox``...).
+
+    ``bbox`` is the target's ``[x0, y0, x1, y1]`` in pixels (x1, y1 exclusive).
+    ``datasets.Dataset.from_dict(scene_rows(range(8)))`` is ready for
+    ``ImagePrompter.map`` / ``ds.map``.
+    """
+    scenes = [make_scene(seed, size, min_objects=min_objects) for seed in seeds]
     return {
         "question_id": [f"scene-{seed}" for seed in seeds],
         "image": [s.image for s in scenes],
