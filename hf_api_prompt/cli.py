@@ -76,8 +76,6 @@ def run(args: argparse.Namespace) -> dict:
     params.update(image_column=benchmark.image_column, question_column=benchmark.question_column)
     if benchmark.dataset_id is None and "model" not in params:
         params.update(model=bundled.DEMO_MODEL, layer_index=params.get("layer_index", bundled.DEMO_MODEL_LAYER))
-        if bundled.DEMO_MODEL_IS_RANDOM:
-            logger.warning("the bundled demo model has RANDOM weights: its masks show the arithmetic, not relevance")
     prompter = ImagePrompter(args.backend, **params)
     return publish_variant(
         prompter,

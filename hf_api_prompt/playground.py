@@ -250,12 +250,6 @@ def build_app(
             "the mask built from that heatmap dims the rest (Yu, Yu & Wang, ECCV 2024). "
             "Pick an example or upload an image, ask a question, press **Mask**."
         )
-        if bundled.DEMO_MODEL_IS_RANDOM:
-            gr.Markdown(
-                "*The bundled demo model has random weights: its masks show the arithmetic, "
-                "not where the object is. Use e.g. model `ViT-L-14-336` with weights `openai`.*",
-                elem_id="demo-model-notice",
-            )
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="pil", label="image", sources=["upload", "clipboard"], elem_id="input-image")

@@ -230,12 +230,14 @@ def test_check_card_reports_missing_files_and_variants(tmp_path, tiny_clip):
 
 
 def test_cli_run_without_dataset_uses_bundled_demo(tmp_path, capsys):
+    from hf_api_prompt.bundled import DEMO_MODEL_LAYER
     from hf_api_prompt.cli import main
 
     assert main(["run", "--output-dir", str(tmp_path), "--limit", "2", "--preview-rows", "1"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["output_dir"] == str(tmp_path) and summary["num_rows"] == 2 and summary["revision"] is None
-    assert re.fullmatch(r"clip-demo-clip-l2-e5-k3-lanczos-g0-h[0-9a-f]{8}-first2", summary["config_name"])
+    pattern = rf"clip-demo-clip-l{DEMO_MODEL_LAYER}-e5-k3-lanczos-g0-h[0-9a-f]{{8}}-first2"
+    assert re.fullmatch(pattern, summary["config_name"])
     assert (tmp_path / summary["config_name"] / "train-00000-of-00001.parquet").is_file()
     card = read_card(tmp_path)
     assert card.data.license == "mit" and summary["config_name"] in card.text
