@@ -1,0 +1,277 @@
+"""Pointing game: does the mask land on the object the question asks about? (issue 6)
+
+    python scripts/bench_pointing.py                                # bundled demo model, 500 held-out scenes, under a minute
+    python scripts/bench_pointing.py --model local-dir:/tmp/clip --json pointing.json
+
+Scenes: ``hf_api_prompt.scenes.make_scene(seed, (112, 112), min_objects=2)``
+for seeds ``--first-seed`` .. ``--first-seed + --scenes - 1`` (default
+500,000..500,499; ``scripts/train_demo_clip.py`` trains on seeds from
+1,000,000 up, so none of these was seen in training). Every scene has 2-4
+objects: with a single object any object-finding map would score, whatever the
+question. The question is the scene's own (types ``color``: names the shape,
+"What color is the triangle?"; ``shape``: names the colour, "What shape is the
+red object?"; ``where``: names both), and the target is the object it names.
+
+Maps, built with the library (``ImagePrompter(...).backend().raw_maps`` and
+``hf_api_prompt.masks``) for every ``layer_index`` of the model and kernel
+sizes 1 and 3 (``enhance_coe`` 5, the paper's):
+
+- ``attention``: ``mean_filter(enhance(A))``, the attention map alone;
+- ``token``: ``mean_filter(invert(T))``, the token map alone, inverted as the
+  method uses it;
+- ``union``: ``clip_mask(A, T)``, the method's mask (the product's heatmap);
+  ``union`` with kernel 3 is the paper-default pipeline.
+
+Geometry: a cell is mapped to image pixels with the product's ``"aligned"``
+geometry, through ``backend.grid_box(image.size)``; the default square scenes
+at the model's input size make that the identity (``"paper"`` == ``"aligned"``),
+so cell (r, c) covers pixels [8c, 8c + 8) x [8r, 8r + 8) of a 112 px scene.
+
+Scores, for one heatmap H (non-negative, ``[gh, gw]``) and the target box
+``[x0, x1) x [y0, y1)`` in pixels; a cell is *inside* when its centre is:
+
+- hit: the highest cell is inside. Cells that tie for the maximum (a saturated
+  sigmoid can tie) share the point: the hit is the fraction of the tied cells
+  that are inside, i.e. the expected hit of a random tie-break.
+- mass: ``sum(H over inside cells) / sum(H)`` (a uniform map scores the box's
+  share of the cells; an all-zero map counts as uniform).
+
+Baselines, scored as heatmaps by the same two functions (so exactly, as
+expectations, with no sampling): ``random cell`` (uniform map: every cell ties),
+``center cell`` (the cells nearest the image centre tie: the central 2x2 of an
+even grid), ``random object`` (each object's box cells, averaged over the
+scene's objects), ``largest object`` (the largest box's cells).
+
+Control: the same scenes, but the question is the same type of question about
+another object of the scene (chosen by seed), while the score still uses the
+original target's box. A map that follows the question should rarely hit there;
+a map that ignores the question scores as high as on the real question. The
+``hit`` column and the ``control`` column are on the same scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from hf_api_prompt import ImagePrompter, masks
+from hf_api_prompt.bundled import DEMO_MODEL, DEMO_MODEL_LAYER
+from hf_api_prompt.scenes import QUESTION_TYPES, Scene, make_scene, question_about
+
+logger = logging.getLogger("bench_pointing")
+
+FIRST_SEED = 500_000
+ENHANCE_COE = 5
+KERNEL_SIZES = (1, 3)
+MAPS = ("attention", "token", "union")
+BASELINES = ("random cell", "center cell", "random object", "largest object")
+
+
+# ---------------------------------------------------------------- scoring (pure)
+def cells_inside(grid_shape: Tuple[int, int], grid_box: Sequence[float], image_size: Tuple[int, int], box: Sequence[float]) -> np.ndarray:
+    """Boolean ``[gh, gw]``: cells whose centre, mapped to pixels, lies in ``box``.
+
+    Args:
+        grid_shape: ``(gh, gw)``.
+        grid_box: grid coordinates ``(gx0, gy0, gx1, gy1)`` that the whole image
+            ``[0, W) x [0, H)`` maps to (``backend.grid_box``; ``(0, 0, gw, gh)``
+            when the model saw the whole image).
+        image_size: ``(W, H)``.
+        box: ``(x0, y0, x1, y1)`` in pixels, x1 and y1 exclusive.
+    """
+    gh, gw = grid_shape
+    gx0, gy0, gx1, gy1 = grid_box
+    width, height = image_size
+    xs = (np.arange(gw) + 0.5 - gx0) * width / (gx1 - gx0)
+    ys = (np.arange(gh) + 0.5 - gy0) * height / (gy1 - gy0)
+    x0, y0, x1, y1 = box
+    return ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+
+
+def pointing_hit(heatmap: np.ndarray, inside: np.ndarray) -> float:
+    """Fraction of the maximal cells of ``heatmap`` that are ``inside`` (1.0 or 0.0 without ties)."""
+    heatmap = np.asarray(heatmap)
+    top = heatmap == heatmap.max()
+    return float(inside[top].mean())
+
+
+def mass_inside(heatmap: np.ndarray, inside: np.ndarray) -> float:
+    """Share of the (non-negative) heatmap's total in the ``inside`` cells; an all-zero map counts as uniform."""
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    if (heatmap < 0).any():
+        raise ValueError("mass_inside needs a non-negative heatmap")
+    total = heatmap.sum()
+    return float(inside.mean()) if total == 0 else float(heatmap[inside].sum() / total)
+
+
+def baseline_heatmaps(grid_shape, grid_box, image_size, object_boxes: Sequence[Sequence[float]]) -> Dict[str, List[np.ndarray]]:
+    """Each baseline as one or more heatmaps (several = equally likely draws, scores averaged)."""
+    gh, gw = grid_shape
+    gx0, gy0, gx1, gy1 = grid_box
+    centre_x, centre_y = (gx0 + gx1) / 2, (gy0 + gy1) / 2  # image centre in grid coordinates
+    distance = np.hypot(np.arange(gw)[None, :] + 0.5 - centre_x, np.arange(gh)[:, None] + 0.5 - centre_y)
+    object_maps = [cells_inside(grid_shape, grid_box, image_size, b).astype(np.float64) for b in object_boxes]
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in object_boxes]
+    return {
+        "random cell": [np.ones(grid_shape)],
+        "center cell": [(distance == distance.min()).astype(np.float64)],
+        "random object": object_maps,
+        "largest object": [m for m, a in zip(object_maps, areas) if a == max(areas)],
+    }
+
+
+def score(heatmaps: Sequence[np.ndarray], inside: np.ndarray) -> Tuple[float, float]:
+    """Mean (hit, mass) over equally likely heatmaps."""
+    return (float(np.mean([pointing_hit(h, inside) for h in heatmaps])),
+            float(np.mean([mass_inside(h, inside) for h in heatmaps])))
+
+
+def variant_maps(attention: torch.Tensor, tokens: torch.Tensor, kernel_size: int, enhance_coe: float = ENHANCE_COE) -> Dict[str, torch.Tensor]:
+    """The three maps of the table from the raw maps ``[B, gh, gw]`` (all in [0, 1])."""
+    return {
+        "attention": masks.mean_filter(masks.enhance(attention, enhance_coe), kernel_size),
+        "token": masks.mean_filter(masks.invert(tokens), kernel_size),
+        "union": masks.clip_mask(attention, tokens, enhance_coe, kernel_size),
+    }
+
+
+# ---------------------------------------------------------------- scenes
+def control_question(scene: Scene, seed: int) -> str:
+    """The same type of question about another object of ``scene``."""
+    others = [o for o in scene.objects if o != scene.target]
+    other = random.Random(f"control-{seed}").choice(others)
+    return question_about(other, scene.question_type, scene.image.size)[0]
+
+
+def held_out_scenes(first_seed: int, count: int, size: Tuple[int, int]) -> List[Scene]:
+    return [make_scene(seed, size, min_objects=2) for seed in range(first_seed, first_seed + count)]
+
+
+# ---------------------------------------------------------------- benchmark
+def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112), batch_size: int = 100) -> dict:
+    """Scores of every (layer, map, kernel) and of the baselines, overall and per question type.
+
+    Returns ``{"rows": [{"layer_index", "map", "kernel_size", "hit", "mass",
+    "control_hit", "hit_by_type": {...}, "mass_by_type": {...}}], "baselines": [...], "n": ...,
+    "n_by_type": {...}, "blocks": number of blocks of the image tower}``.
+    """
+    scenes = [make_scene(seed, size, min_objects=2) for seed in seeds]
+    controls = [control_question(scene, seed) for scene, seed in zip(scenes, seeds)]
+    types = np.array([s.question_type for s in scenes])
+    results: Dict[Tuple[int, str, int], Dict[str, list]] = {}
+    grid_boxes, insides = None, None
+    for layer in layers:
+        backend = ImagePrompter("clip", model=model, layer_index=layer, enhance_coe=ENHANCE_COE).backend()
+        if insides is None:
+            grid_shape = tuple(backend.model.visual.grid_size)
+            blocks = len(backend.model.visual.transformer.resblocks)
+            grid_boxes = [backend.grid_box(s.image.size) for s in scenes]
+            insides = [cells_inside(grid_shape, gb, s.image.size, s.target.box) for s, gb in zip(scenes, grid_boxes)]
+        for start in range(0, len(scenes), batch_size):
+            batch = scenes[start:start + batch_size]
+            with torch.inference_mode():
+                pixels = backend.pixels([s.image for s in batch])
+                real = backend.raw_maps(pixels, backend.encode_questions([s.question for s in batch]))
+                control = backend.raw_maps(pixels, backend.encode_questions(controls[start:start + batch_size]))
+            for kernel in KERNEL_SIZES:
+                real_maps, control_maps = variant_maps(*real, kernel), variant_maps(*control, kernel)
+                for name in MAPS:
+                    entry = results.setdefault((layer, name, kernel), {"hit": [], "mass": [], "control_hit": []})
+                    for i, inside in enumerate(insides[start:start + batch_size]):
+                        entry["hit"].append(pointing_hit(real_maps[name][i].numpy(), inside))
+                        entry["mass"].append(mass_inside(real_maps[name][i].numpy(), inside))
+                        entry["control_hit"].append(pointing_hit(control_maps[name][i].numpy(), inside))
+        logger.info("layer %d done", layer)
+
+    def summary(values: Dict[str, list]) -> dict:
+        out = {key: round(float(np.mean(v)), 4) for key, v in values.items()}
+        for key in ("hit", "mass"):
+            out[f"{key}_by_type"] = {t: round(float(np.mean(np.array(values[key])[types == t])), 4) for t in QUESTION_TYPES}
+        return out
+
+    rows = [{"layer_index": layer, "map": name, "kernel_size": kernel, **summary(values)}
+            for (layer, name, kernel), values in results.items()]
+    baseline_values = {name: {"hit": [], "mass": []} for name in BASELINES}
+    for scene, grid_box, inside in zip(scenes, grid_boxes, insides):
+        maps = baseline_heatmaps(inside.shape, grid_box, scene.image.size, [o.box for o in scene.objects])
+        for name in BASELINES:
+            hit, mass = score(maps[name], inside)
+            baseline_values[name]["hit"].append(hit)
+            baseline_values[name]["mass"].append(mass)
+    baselines = [{"baseline": name, **summary(values)} for name, values in baseline_values.items()]
+    counts = {t: int((types == t).sum()) for t in QUESTION_TYPES}
+    return {"rows": rows, "baselines": baselines, "n": len(scenes), "n_by_type": counts, "blocks": blocks}
+
+
+def format_table(report: dict, paper_layer: int) -> str:
+    header = f"{'setting':<30} {'hit':>6} {'color':>6} {'shape':>6} {'where':>6} {'mass':>6} {'control':>8}"
+    lines = [f"pointing game, {report['n']} held-out scenes (by type: " +
+             ", ".join(f"{t} {n}" for t, n in report["n_by_type"].items()) + ")", header, "-" * len(header)]
+    for row in report["rows"]:
+        mark = "  <- product mask at the bundled layer" if (row["map"], row["kernel_size"], row["layer_index"]) == ("union", 3, paper_layer) else ""
+        by_type = " ".join(f"{row['hit_by_type'][t]:6.3f}" for t in QUESTION_TYPES)
+        lines.append(f"{'L' + str(row['layer_index']) + ' ' + row['map'] + ' k' + str(row['kernel_size']):<30} "
+                     f"{row['hit']:6.3f} {by_type} {row['mass']:6.3f} {row['control_hit']:8.3f}{mark}")
+    lines.append("-" * len(header))
+    for row in report["baselines"]:
+        by_type = " ".join(f"{row['hit_by_type'][t]:6.3f}" for t in QUESTION_TYPES)
+        lines.append(f"{'baseline: ' + row['baseline']:<30} {row['hit']:6.3f} {by_type} {row['mass']:6.3f} {'':>8}")
+    best = max(report["rows"], key=lambda r: r["hit"])
+    random_object = next(b for b in report["baselines"] if b["baseline"] == "random object")
+    lines.append(f"best: L{best['layer_index']} {best['map']} k{best['kernel_size']} hit {best['hit']:.3f} = "
+                 f"{best['hit'] / random_object['hit']:.2f}x random object ({random_object['hit']:.3f}); "
+                 f"control {best['control_hit']:.3f}")
+    # The paper's pipeline: union with the inverted token map, kernel 3, at the bundled layer and at the
+    # second-to-last block (the paper's 22 of 24 blocks).
+    for layer in dict.fromkeys((paper_layer, report["blocks"] - 2)):
+        paper = next((r for r in report["rows"] if (r["map"], r["kernel_size"], r["layer_index"]) == ("union", 3, layer)), None)
+        if paper is not None:
+            lines.append(f"paper-default pipeline (union k3) at L{layer}: hit {paper['hit']:.3f} = "
+                         f"{paper['hit'] / random_object['hit']:.2f}x random object; control {paper['control_hit']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEMO_MODEL, help="open_clip model for ImagePrompter (default: the bundled demo model)")
+    parser.add_argument("--layers", type=int, nargs="*", default=None, help="layer_index values (default: all blocks)")
+    parser.add_argument("--paper-layer", type=int, default=DEMO_MODEL_LAYER,
+                        help="layer_index whose union-k3 row (the product's mask) is marked (default: the bundled model's)")
+    parser.add_argument("--scenes", type=int, default=500)
+    parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
+    parser.add_argument("--size", type=int, default=112, help="square scene side in pixels")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="also write every number to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)  # open_clip logs INFO on the root logger
+    logger.setLevel(logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.first_seed + args.scenes > 1_000_000:
+        parser.error("seeds from 1,000,000 up are training scenes (scripts/train_demo_clip.py)")
+    layers = args.layers
+    if layers is None:
+        from hf_api_prompt.backends.clip import open_clip_config
+
+        layers = list(range(open_clip_config(args.model)["model_cfg"]["vision_cfg"]["layers"]))
+    start = time.perf_counter()
+    report = run(args.model, layers, range(args.first_seed, args.first_seed + args.scenes), (args.size, args.size))
+    report.update(model=args.model, first_seed=args.first_seed, size=args.size, enhance_coe=ENHANCE_COE,
+                  seconds=round(time.perf_counter() - start, 1))
+    print(format_table(report, args.paper_layer))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=1, sort_keys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
