@@ -54,6 +54,25 @@ def cell_of_pixel_centres(n_pixels, resized, offset):
     return [(Fraction(2 * x + 1, 2) * Fraction(resized, n_pixels) - offset) / PATCH for x in range(n_pixels)]
 
 
+def expected_nearest(size):
+    """Independent expectation for NEAREST upsampling under "aligned" geometry.
+
+    Returns the exact grid coordinates of the pixel centres ``(xs, ys)``, the cell
+    row/column each pixel should take (floor of the coordinate, clamped to the grid:
+    outside the crop, the nearest edge), and the pixels whose centre falls exactly on a
+    cell border, where either neighbour is right (per axis, and as a ``[h, w]`` mask).
+    """
+    w, h = size
+    rw, rh, left, top = crop_geometry(size)
+    xs = cell_of_pixel_centres(w, rw, left)
+    ys = cell_of_pixel_centres(h, rh, top)
+    col = np.array([min(max(int(np.floor(float(v))), 0), GRID - 1) for v in xs])
+    row = np.array([min(max(int(np.floor(float(v))), 0), GRID - 1) for v in ys])
+    on_edge_x = np.array([v.denominator == 1 and 0 < v < GRID for v in xs])  # centre exactly on a cell border
+    on_edge_y = np.array([v.denominator == 1 and 0 < v < GRID for v in ys])
+    return xs, ys, row, col, on_edge_y, on_edge_x, on_edge_y[:, None] | on_edge_x[None, :]
+
+
 def random_image(size, seed):
     rng = np.random.RandomState(seed)
     return Image.fromarray(rng.randint(0, 256, (size[1], size[0], 3)).astype(np.uint8))
@@ -182,16 +201,8 @@ def test_crop_geometry_matches_torchvision(size):
 @pytest.mark.parametrize("size", ALIGNED_SIZES)
 def test_grid_box_maps_cells_onto_the_pixels_the_model_saw(backend_aligned, size):
     w, h = size
-    rw, rh, left, top = crop_geometry(size)
     box = backend_aligned.grid_box(size)
-    xs = cell_of_pixel_centres(w, rw, left)
-    ys = cell_of_pixel_centres(h, rh, top)
-    # Expected: pixel -> cell floor(coordinate), clamped to the grid (outside the crop: nearest edge).
-    col = np.array([min(max(int(np.floor(float(v))), 0), GRID - 1) for v in xs])
-    row = np.array([min(max(int(np.floor(float(v))), 0), GRID - 1) for v in ys])
-    on_edge_x = np.array([v.denominator == 1 and 0 < v < GRID for v in xs])  # centre exactly on a cell border
-    on_edge_y = np.array([v.denominator == 1 and 0 < v < GRID for v in ys])
-    ambiguous = on_edge_y[:, None] | on_edge_x[None, :]
+    xs, ys, row, col, on_edge_y, on_edge_x, ambiguous = expected_nearest(size)
 
     values = np.arange(GRID * GRID, dtype=np.uint8).reshape(GRID, GRID) * 3 + 10
     got = np.asarray(masks.mask_to_pixels(values, size, Image.Resampling.NEAREST, box))
@@ -267,14 +278,8 @@ def test_aligned_equals_paper_on_square_images(tiny_clip, size):
 def test_grid_box_thin_images_nearest_values(backend_aligned, size):
     """Extreme aspect ratios: most of the image lies outside the crop and takes the edge values."""
     w, h = size
-    rw, rh, left, top = crop_geometry(size)
     box = backend_aligned.grid_box(size)
-    xs = cell_of_pixel_centres(w, rw, left)
-    ys = cell_of_pixel_centres(h, rh, top)
-    col = np.array([min(max(int(np.floor(float(v))), 0), GRID - 1) for v in xs])
-    row = np.array([min(max(int(np.floor(float(v))), 0), GRID - 1) for v in ys])
-    on_edge = lambda v: v.denominator == 1 and 0 < v < GRID  # noqa: E731
-    ambiguous = np.array([on_edge(v) for v in ys])[:, None] | np.array([on_edge(v) for v in xs])[None, :]
+    _, _, row, col, _, _, ambiguous = expected_nearest(size)
     values = np.arange(GRID * GRID, dtype=np.uint8).reshape(GRID, GRID) * 3 + 10
     got = np.asarray(masks.mask_to_pixels(values, size, Image.Resampling.NEAREST, box))
     assert got.shape == (h, w)
