@@ -17,6 +17,7 @@ before anything is computed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Dict, Iterable, Optional
@@ -199,7 +200,11 @@ class HubPublisher:
             self.preflight(built.config_name)
         record = dataclasses.replace(built.record, tag=variant_tag(built.config_name, built.record.library_version))
         step = "pushing the data"
-        try:
+        with _as_publish_error(lambda error: (
+            f"publishing {record.config_name} to {self.repo_id!r} failed while {step}: {type(error).__name__}: {error}. "
+            f"Tag {record.tag!r} was not created, so no evaluation pinned to it can see a partial variant; "
+            "run the same command again to publish it whole"
+        )):
             data_commit = self.retry.call(
                 "push data",
                 lambda: built.dataset.push_to_hub(
@@ -216,15 +221,7 @@ class HubPublisher:
             card_commit = self._commit_card(record, extra, data_commit.oid,
                                             f"Add API variant {record.config_name}: card, {VARIANTS_FILE}, picture")
             step = f"creating the tag {record.tag}"
-            self._tag(record.tag, card_commit, f"API variant {record.config_name}, hf_api_prompt {record.library_version}")
-        except PublishError:
-            raise
-        except Exception as error:
-            raise PublishError(
-                f"publishing {record.config_name} to {self.repo_id!r} failed while {step}: {type(error).__name__}: {error}. "
-                f"Tag {record.tag!r} was not created, so no evaluation pinned to it can see a partial variant; "
-                "run the same command again to publish it whole"
-            ) from error
+            self._tag(record, card_commit)
         return {"repo_id": self.repo_id, "config_name": record.config_name, "revision": record.tag,
                 "commit": card_commit, "num_rows": record.num_rows}
 
@@ -274,8 +271,11 @@ class HubPublisher:
             raise PublishError(f"{self.repo_id!r} has no {VARIANTS_FILE}: nothing to render")
         return self._commit_card(None, {}, self.head(), "Re-render the dataset card from api_variants.json")
 
-    def _tag(self, tag: str, commit: str, message: str):
+    def _tag(self, record, commit: str):
+        """Create ``record.tag`` at ``commit``; an existing tag at the same commit is fine (a rerun)."""
         from huggingface_hub.errors import HfHubHTTPError
+
+        tag, message = record.tag, f"API variant {record.config_name}, hf_api_prompt {record.library_version}"
 
         try:
             self.retry.call("create tag", lambda: self.api.create_tag(self.repo_id, tag=tag, revision=commit,
@@ -287,6 +287,17 @@ class HubPublisher:
             if target != commit:
                 raise PublishError(f"tag {tag!r} already exists on {self.repo_id!r} at {target}, not at {commit}") from error
         logger.info("tagged %s at %s", tag, commit)
+
+
+@contextlib.contextmanager
+def _as_publish_error(describe):
+    """Let a ``PublishError`` through; turn any other failure into one with ``describe(error)`` as its message."""
+    try:
+        yield
+    except PublishError:
+        raise
+    except Exception as error:
+        raise PublishError(describe(error)) from error
 
 
 def _png_bytes(image) -> bytes:
@@ -321,18 +332,13 @@ def upload_folder(folder, repo_id: str, *, token: Optional[str] = None, private:
     publisher.preflight(tags=[r.tag for r in local.records.values()])
     local_card = read_card(folder)
     local_files = [f for f in list_files(folder) if f not in (README, VARIANTS_FILE)]
-    try:
+    with _as_publish_error(lambda error: (
+        f"uploading {folder} to {publisher.repo_id!r} failed: {type(error).__name__}: {error}. Variants whose tag "
+        "was not created are invisible to pinned evaluations; run the same command again"
+    )):
         commit = _upload_commit(publisher, folder, local, local_card, local_files)
         for name in local.names():
-            record = local[name]
-            publisher._tag(record.tag, commit, f"API variant {name}, hf_api_prompt {record.library_version}")
-    except PublishError:
-        raise
-    except Exception as error:
-        raise PublishError(
-            f"uploading {folder} to {publisher.repo_id!r} failed: {type(error).__name__}: {error}. Variants whose tag "
-            "was not created are invisible to pinned evaluations; run the same command again"
-        ) from error
+            publisher._tag(local[name], commit)
     return {"repo_id": publisher.repo_id, "commit": commit, "config_names": local.names(),
             "revisions": [local[n].tag for n in local.names()]}
 
