@@ -151,10 +151,6 @@ def control_question(scene: Scene, seed: int) -> str:
     return question_about(other, scene.question_type, scene.image.size)[0]
 
 
-def held_out_scenes(first_seed: int, count: int, size: Tuple[int, int]) -> List[Scene]:
-    return [make_scene(seed, size, min_objects=2) for seed in range(first_seed, first_seed + count)]
-
-
 # ---------------------------------------------------------------- benchmark
 def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112), batch_size: int = 100) -> dict:
     """Scores of every (layer, map, kernel) and of the baselines, overall and per question type.

@@ -135,6 +135,12 @@ def label_matrix(scenes, texts) -> torch.Tensor:
     return torch.from_numpy(labels.astype(np.float32))
 
 
+def normalized_pixels(scenes, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, S, S]`` model input for square scenes at the model's size (no resize or crop needed)."""
+    pixels = torch.from_numpy(np.stack([np.asarray(s.image) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    return (pixels - mean) / std
+
+
 def make_batch(step: int, batch_size: int, pairs: int, tokenizer, mean: torch.Tensor, std: torch.Tensor):
     """Pixels ``[B, 3, S, S]``, tokens ``[2 pairs B, L]`` and labels ``[B, 2 pairs B]`` (1 where the text holds)."""
     scenes, texts = [], []
@@ -143,9 +149,7 @@ def make_batch(step: int, batch_size: int, pairs: int, tokenizer, mean: torch.Te
         scene = make_scene(seed, (IMAGE_SIZE, IMAGE_SIZE), min_objects=1)
         scenes.append(scene)
         texts.extend(texts_for(scene.objects, random.Random(f"text-{seed}"), pairs))
-    pixels = torch.from_numpy(np.stack([np.asarray(s.image) for s in scenes])).permute(0, 3, 1, 2).float() / 255
-    pixels = (pixels - mean) / std
-    return pixels, tokenizer([t.text for t in texts]), label_matrix(scenes, texts)
+    return normalized_pixels(scenes, mean, std), tokenizer([t.text for t in texts]), label_matrix(scenes, texts)
 
 
 def sigmoid_loss(image_features, text_features, labels, logit_scale, logit_bias):
@@ -235,8 +239,7 @@ def evaluate(model, tokenizer, mean, std, first_seed: int = EVAL_SEED, count: in
     rngs = [random.Random(f"eval-{seed}") for seed in range(first_seed, first_seed + count)]
     positives = [caption(s.objects, rng) for s, rng in zip(scenes, rngs)]
     negatives = [hard_negative_caption(s.objects, rng) for s, rng in zip(scenes, rngs)]
-    pixels = torch.from_numpy(np.stack([np.asarray(s.image) for s in scenes])).permute(0, 3, 1, 2).float() / 255
-    images = F.normalize(model.encode_image((pixels - mean) / std).float(), dim=-1)
+    images = F.normalize(model.encode_image(normalized_pixels(scenes, mean, std)).float(), dim=-1)
     texts = F.normalize(model.encode_text(tokenizer([c.text for c in positives])).float(), dim=-1)
     hard = F.normalize(model.encode_text(tokenizer([c.text for c in negatives])).float(), dim=-1)
     similarity = images @ texts.T

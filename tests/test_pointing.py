@@ -89,7 +89,7 @@ def test_variant_maps_are_the_library_maps():
 
 
 def test_control_question_names_another_object():
-    from hf_api_prompt.scenes import make_scene, question_mention
+    from hf_api_prompt.scenes import make_scene
 
     for seed in range(20):
         scene = make_scene(seed, (112, 112), min_objects=2)
