@@ -106,28 +106,40 @@ def _where(box, size) -> str:
     return f"{vertical} {horizontal}"
 
 
+def question_mention(target: SceneObject, question_type: str) -> Tuple[Optional[str], Optional[str]]:
+    """What a question of ``question_type`` about ``target`` names: ``(color, shape)``, ``None`` if unnamed."""
+    if question_type not in QUESTION_TYPES:
+        raise ValueError(f"unknown question type {question_type!r}; known: {QUESTION_TYPES}")
+    return {
+        "color": (None, target.shape),
+        "shape": (target.color, None),
+        "where": (target.color, target.shape),
+    }[question_type]
+
+
+def question_text(mention: Tuple[Optional[str], Optional[str]]) -> str:
+    """The question template that names exactly ``mention`` (the benchmark's and the training texts' one home).
+
+    >>> question_text((None, "triangle")), question_text(("red", None)), question_text(("red", "cross"))
+    ('What color is the triangle?', 'What shape is the red object?', 'Where is the red cross?')
+    """
+    color, shape = mention
+    if color is None and shape is None:
+        raise ValueError("a mention names a colour, a shape or both")
+    if color is None:
+        return f"What color is the {shape}?"
+    return f"What shape is the {color} object?" if shape is None else f"Where is the {color} {shape}?"
+
+
 def question_about(target: SceneObject, question_type: str, size: Tuple[int, int]) -> Tuple[str, str]:
     """``(question, answer)`` of type ``question_type`` about ``target`` in an image of ``size``.
 
     >>> question_about(SceneObject("cross", "blue", (0, 0, 20, 20)), "shape", (112, 112))
     ('What shape is the blue object?', 'cross')
     """
-    if question_type == "color":
-        return f"What color is the {target.shape}?", target.color
-    if question_type == "shape":
-        return f"What shape is the {target.color} object?", target.shape
-    if question_type == "where":
-        return f"Where is the {target.color} {target.shape}?", _where(target.box, size)
-    raise ValueError(f"unknown question type {question_type!r}; known: {QUESTION_TYPES}")
-
-
-def question_mention(target: SceneObject, question_type: str) -> Tuple[Optional[str], Optional[str]]:
-    """What a question of ``question_type`` about ``target`` names: ``(color, shape)``, ``None`` if unnamed."""
-    return {
-        "color": (None, target.shape),
-        "shape": (target.color, None),
-        "where": (target.color, target.shape),
-    }[question_type]
+    question = question_text(question_mention(target, question_type))
+    answer = _where(target.box, size) if question_type == "where" else {"color": target.color, "shape": target.shape}[question_type]
+    return question, answer
 
 
 def make_scene(
@@ -240,9 +252,7 @@ def mention_text(mention: Tuple[Optional[str], Optional[str]], rng: random.Rando
     if color is None and shape is None:
         raise ValueError("a mention names a colour, a shape or both")
     if rng.random() < 0.5:
-        if color is None:
-            return f"What color is the {shape}?"
-        return f"What shape is the {color} object?" if shape is None else f"Where is the {color} {shape}?"
+        return question_text(mention)
     return _a(f"{color} {shape or 'object'}" if color else shape)
 
 
