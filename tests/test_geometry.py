@@ -73,6 +73,20 @@ def expected_nearest(size):
     return xs, ys, row, col, on_edge_y, on_edge_x, on_edge_y[:, None] | on_edge_x[None, :]
 
 
+def check_nearest_upsampling(box, size):
+    """Upsample a grid of distinct values with NEAREST through ``box``; assert it matches ``expected_nearest``.
+
+    Returns ``(values, got)``: the grid and the ``[h, w]`` upsampled result.
+    """
+    _, _, row, col, _, _, ambiguous = expected_nearest(size)
+    values = np.arange(GRID * GRID, dtype=np.uint8).reshape(GRID, GRID) * 3 + 10
+    got = np.asarray(masks.mask_to_pixels(values, size, Image.Resampling.NEAREST, box))
+    assert got.shape == (size[1], size[0])
+    want = values[row][:, col]
+    np.testing.assert_array_equal(got[~ambiguous], want[~ambiguous])
+    return values, got
+
+
 def random_image(size, seed):
     rng = np.random.RandomState(seed)
     return Image.fromarray(rng.randint(0, 256, (size[1], size[0], 3)).astype(np.uint8))
@@ -202,13 +216,8 @@ def test_crop_geometry_matches_torchvision(size):
 def test_grid_box_maps_cells_onto_the_pixels_the_model_saw(backend_aligned, size):
     w, h = size
     box = backend_aligned.grid_box(size)
+    values, got = check_nearest_upsampling(box, size)
     xs, ys, row, col, on_edge_y, on_edge_x, ambiguous = expected_nearest(size)
-
-    values = np.arange(GRID * GRID, dtype=np.uint8).reshape(GRID, GRID) * 3 + 10
-    got = np.asarray(masks.mask_to_pixels(values, size, Image.Resampling.NEAREST, box))
-    assert got.shape == (h, w)
-    want = values[row][:, col]
-    np.testing.assert_array_equal(got[~ambiguous], want[~ambiguous])
 
     # A single bright cell lands on the pixel rectangle the model saw as that patch.
     for r, c in [(2, 5), (6, 1), (0, 7)]:
@@ -277,14 +286,7 @@ def test_aligned_equals_paper_on_square_images(tiny_clip, size):
 @pytest.mark.parametrize("size", [(3, 200), (200, 3), (1, 40)])
 def test_grid_box_thin_images_nearest_values(backend_aligned, size):
     """Extreme aspect ratios: most of the image lies outside the crop and takes the edge values."""
-    w, h = size
-    box = backend_aligned.grid_box(size)
-    _, _, row, col, _, _, ambiguous = expected_nearest(size)
-    values = np.arange(GRID * GRID, dtype=np.uint8).reshape(GRID, GRID) * 3 + 10
-    got = np.asarray(masks.mask_to_pixels(values, size, Image.Resampling.NEAREST, box))
-    assert got.shape == (h, w)
-    want = values[row][:, col]
-    np.testing.assert_array_equal(got[~ambiguous], want[~ambiguous])
+    check_nearest_upsampling(backend_aligned.grid_box(size), size)
 
 
 def test_mask_to_pixels_memory_is_not_quadratic_in_the_overhang():
