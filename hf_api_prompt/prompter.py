@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -184,27 +185,25 @@ class ImagePrompter:
         return columns
 
 
-_FORKED = False
-
-
-def _mark_forked():
-    global _FORKED
-    _FORKED = True
-
-
-os.register_at_fork(after_in_child=_mark_forked)
-
-
 def _one_thread_in_forked_worker():
-    """In a forked process (``datasets``' ``num_proc`` workers), use one intra-op torch thread.
+    """In a worker that ``datasets`` forked for ``num_proc``, use one intra-op torch thread.
 
     torch's CPU backend (GNU OpenMP) hangs in a forked child whose parent already
     ran parallel regions, e.g. after a single-process ``map``; torch's own
-    DataLoader workers do the same. Spawned processes are left alone.
+    DataLoader workers run one thread too. ``datasets`` forks its
+    ``num_proc`` workers with the ``multiprocess`` package, so only a process that
+    ``multiprocess`` forked (a ``ForkProcess``) is changed. Any other child of the
+    user's program (``os.fork``, the standard ``multiprocessing``) keeps the thread
+    count it inherited, and spawned workers are left alone.
     """
-    if _FORKED:
-        import torch
+    multiprocess = sys.modules.get("multiprocess")  # imported by datasets; never imported here
+    if multiprocess is None or not isinstance(multiprocess.current_process(), multiprocess.context.ForkProcess):
+        return
+    import torch
 
+    if torch.get_num_threads() != 1:
+        logger.info("forked num_proc worker %d: torch intra-op threads %d -> 1 (GNU OpenMP hangs after fork)",
+                    os.getpid(), torch.get_num_threads())
         torch.set_num_threads(1)
 
 
