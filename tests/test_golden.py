@@ -1,4 +1,4 @@
-"""The clip backend reproduces the authors' own outputs (../shared/golden/clip_public)."""
+"""The clip backend reproduces the authors' own outputs (tests/fixtures/golden/clip_public)."""
 
 import json
 
