@@ -15,6 +15,7 @@ from PIL import Image
 from hf_api_prompt import ImagePrompter
 from hf_api_prompt.backends.clip import ClipBackend
 
+from compare import assert_heatmaps_close, assert_image_lists_close
 from conftest import make_local_clip
 
 # Non-square, all different: a transposed or flipped mask cannot go unnoticed.
@@ -64,6 +65,7 @@ def heatmaps(dataset, column="heatmap") -> np.ndarray:
 
 
 def image_bytes(dataset, column="masked_image"):
+    """The stored PNG bytes: equal only for the same stored rows (a cache hit), never across processes."""
     return [value["bytes"] for value in dataset.cast_column(column, ImageFeature(decode=False))[column]]
 
 
@@ -298,10 +300,8 @@ def test_num_proc_with_rank_matches_single_process(tiny_clip, loads):
     assert len(workers) == 2 and len(set(workers)) == 2 and os.getpid() not in workers
 
     assert list(parallel["id"]) == list(single["id"])
-    np.testing.assert_allclose(heatmaps(parallel), heatmaps(single), rtol=0, atol=1e-6)
-    for got, want in zip(pixels(parallel), pixels(single)):
-        np.testing.assert_array_equal(got, want)
-    assert image_bytes(parallel) == image_bytes(single)
+    assert_heatmaps_close(heatmaps(parallel), heatmaps(single))
+    assert_image_lists_close(pixels(parallel), pixels(single))
 
     # A prompter already loaded in the parent still works: workers load their own model.
     fresh.backend()
@@ -311,9 +311,8 @@ def test_num_proc_with_rank_matches_single_process(tiny_clip, loads):
     assert loads()[3] == os.getpid()  # the explicit fresh.backend() above
     more = loads()[4:]
     assert len(more) == 2 and os.getpid() not in more
-    np.testing.assert_allclose(heatmaps(again), heatmaps(single), rtol=0, atol=1e-6)
-    for got, want in zip(pixels(again), pixels(single)):
-        np.testing.assert_array_equal(got, want)
+    assert_heatmaps_close(heatmaps(again), heatmaps(single))
+    assert_image_lists_close(pixels(again), pixels(single))
 
 
 def test_prompter_map_num_proc_matches_single_process(tiny_clip, loads):
@@ -328,10 +327,8 @@ def test_prompter_map_num_proc_matches_single_process(tiny_clip, loads):
     assert len(workers) == 2 and len(set(workers)) == 2 and os.getpid() not in workers
     assert list(parallel["id"]) == list(single["id"])
     assert parallel.features == single.features
-    np.testing.assert_allclose(heatmaps(parallel), heatmaps(single), rtol=0, atol=1e-6)
-    for got, want in zip(pixels(parallel), pixels(single)):
-        np.testing.assert_array_equal(got, want)
-    assert image_bytes(parallel) == image_bytes(single)
+    assert_heatmaps_close(heatmaps(parallel), heatmaps(single))
+    assert_image_lists_close(pixels(parallel), pixels(single))
     # The input images come back decoded and unchanged.
     assert parallel.features["image"] == ImageFeature()
     for got, want in zip(parallel["image"], random_images(rows=8)):
@@ -383,11 +380,10 @@ def test_map_heatmap_equals_direct_call(tiny_clip, images):
     direct = ImagePrompter("clip", model=tiny_clip, layer_index=1)({"image": images, "question": QUESTIONS})
     assert set(direct) == {"masked_image", "heatmap"}
     assert len(direct["heatmap"]) == len(images)
-    np.testing.assert_allclose(heatmaps(mapped), np.stack(direct["heatmap"]).astype(np.float32), rtol=0, atol=1e-6)
-    for got, want in zip(pixels(mapped), direct["masked_image"]):
-        np.testing.assert_array_equal(got, np.asarray(want))
+    assert_heatmaps_close(heatmaps(mapped), np.stack(direct["heatmap"]).astype(np.float32))
+    assert_image_lists_close(pixels(mapped), direct["masked_image"])  # batches of 4 against one of 6
     # prompter.map (undecoded images, row indices) gives the same masks as ds.map.
-    np.testing.assert_allclose(heatmaps(prompter.map(ds, batch_size=3)), heatmaps(mapped), rtol=0, atol=1e-6)
+    assert_heatmaps_close(heatmaps(prompter.map(ds, batch_size=3)), heatmaps(mapped))
 
 
 def test_prompter_map_keeps_undecoded_image_column(tiny_clip):
@@ -415,12 +411,12 @@ def test_custom_column_names(tiny_clip, images):
 
     via_ds_map = ds.map(prompter, batched=True, batch_size=4, features=prompter.features(ds.features))
     assert via_ds_map.column_names == ["id", "img", "prompt", "api_img", "api_heat"]
-    np.testing.assert_allclose(heatmaps(via_ds_map, "api_heat"), heatmaps(out, "api_heat"), rtol=0, atol=1e-6)
+    assert_heatmaps_close(heatmaps(via_ds_map, "api_heat"), heatmaps(out, "api_heat"))
 
     # Same masks as the default names on the same data.
     default = ImagePrompter("clip", model=tiny_clip, layer_index=1, grayscale=100, interpolation="bicubic")
     reference = default.map(make_dataset(), batch_size=4)
-    np.testing.assert_allclose(heatmaps(out, "api_heat"), heatmaps(reference), rtol=0, atol=1e-6)
+    assert_heatmaps_close(heatmaps(out, "api_heat"), heatmaps(reference))
 
     for row, original in zip(out, images):
         want = expected_masked(original, np.asarray(row["api_heat"], dtype=np.float32), Image.Resampling.BICUBIC, 100)

@@ -18,6 +18,8 @@ from PIL import Image
 from hf_api_prompt import ImagePrompter, RowError, masks
 from hf_api_prompt.backends.llava import CAPTURE_ATTENTION, SYSTEM_PROMPT, ImageAttentionCapture
 
+from compare import assert_heatmaps_close, assert_image_lists_close
+
 LAYER = 1
 MAX_NEW_TOKENS = 10
 GRID = 8  # 56 px input, 7 px patches
@@ -313,8 +315,8 @@ def test_map_cache_hit_and_num_proc(tiny_llava, images, tmp_path):
     cached = again.map(ds, batch_size=2)
     assert again._backend is None  # nothing was computed: a cache hit
     assert cached.cache_files == out.cache_files
+    # Forked workers run one torch thread, this process more: equal up to float32 reduction order.
     parallel = ImagePrompter("llava", **params).map(ds, batch_size=2, num_proc=2, load_from_cache_file=False)
     assert parallel["api_answer"] == out["api_answer"]
-    np.testing.assert_array_equal(np.asarray(parallel["heatmap"]), np.asarray(out["heatmap"]))
-    for a, b in zip(parallel["masked_image"], out["masked_image"]):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_heatmaps_close(parallel["heatmap"], out["heatmap"])
+    assert_image_lists_close(parallel["masked_image"], out["masked_image"])
