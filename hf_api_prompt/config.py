@@ -57,7 +57,7 @@ class PrompterConfig:
         backend: auxiliary model family, ``"clip"`` (see ``hf_api_prompt.backends``).
         model: model identifier understood by the backend.
         pretrained: weights tag or file for the backend; ``None`` means random weights.
-        layer_index: 0-based block whose attention is read (METHOD.md).
+        layer_index: 0-based block whose attention is read (docs/method.md).
         enhance_coe: sigmoid sharpening coefficient of the attention map.
         kernel_size: odd size of the mean filter applied on the grid.
         interpolation: PIL filter used to resize the grid mask to the image.

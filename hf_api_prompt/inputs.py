@@ -69,7 +69,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def check_question(value: Any) -> str:
-    """The question text, unmodified (METHOD.md: the text is the question itself)."""
+    """The question text, unmodified (docs/method.md: the text is the question itself)."""
     if value is None:
         raise ValueError("question is missing (None)")
     if not isinstance(value, str):

@@ -2,7 +2,7 @@
 
 No models here. Grid-level steps take torch tensors shaped ``[B, gh, gw]`` and
 work on a whole batch at once; pixel-level steps take one PIL image each
-(METHOD.md, steps 6-8).
+(docs/method.md, steps 6-8).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def enhance(x: torch.Tensor, enhance_coe: float) -> torch.Tensor:
 
 
 def invert(x: torch.Tensor) -> torch.Tensor:
-    """``(max - x) / (max - min)``: the token map ranks background tokens highest (METHOD.md 6)."""
+    """``(max - x) / (max - min)``: the token map ranks background tokens highest (docs/method.md 6)."""
     return 1.0 - minmax(x)
 
 
@@ -120,7 +120,7 @@ def mask_to_pixels(
 
 
 def blend(image: Image.Image, mask: Image.Image, grayscale: int) -> Image.Image:
-    """``uint8(image * w + (1 - w) * grayscale)`` with ``w = mask / 255`` (METHOD.md 8).
+    """``uint8(image * w + (1 - w) * grayscale)`` with ``w = mask / 255`` (docs/method.md 8).
 
     The arithmetic follows the reference code bit for bit: the image product in
     float32, the gray term in float64, truncation to uint8. Large images are
@@ -154,7 +154,7 @@ def masked_images(
     interpolation: str,
     grayscale: int,
 ) -> list:
-    """Apply steps 7-8 of METHOD.md to each (image, grid mask, box)."""
+    """Apply steps 7-8 of docs/method.md to each (image, grid mask, box)."""
     resample = Image.Resampling[interpolation]
     masks_u8 = mask_to_uint8(masks)
     return [

@@ -74,7 +74,7 @@ def pixels(dataset, column="masked_image"):
 
 
 def expected_masked(image: Image.Image, heatmap: np.ndarray, resample, grayscale=0) -> np.ndarray:
-    """METHOD.md steps 7-8 from first principles: truncate to uint8, resize to (W, H), blend."""
+    """docs/method.md steps 7-8 from first principles: truncate to uint8, resize to (W, H), blend."""
     mask_u8 = (heatmap.astype(np.float32) * np.float32(255)).astype(np.uint8)  # to_pil_image's float32 rule
     weight = np.asarray(Image.fromarray(mask_u8, mode="L").resize(image.size, resample), dtype=np.float64)[..., None] / 255
     return np.floor(np.asarray(image.convert("RGB"), dtype=np.float64) * weight + (1 - weight) * grayscale)
@@ -353,7 +353,7 @@ def test_prompter_map_output_features_and_values(tiny_clip, images):
     maps = heatmaps(out)
     assert maps.shape == (len(SIZES), 8, 8) and maps.dtype == np.float32
     assert np.all(maps >= 0) and np.all(maps <= 1)
-    # METHOD.md step 6 ends with a min-max over the grid: each map spans exactly [0, 1].
+    # docs/method.md step 6 ends with a min-max over the grid: each map spans exactly [0, 1].
     assert np.all(maps.reshape(len(SIZES), -1).min(axis=1) == 0)
     assert np.all(maps.reshape(len(SIZES), -1).max(axis=1) == 1)
     assert not np.allclose(maps[0], maps[1])

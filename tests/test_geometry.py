@@ -21,7 +21,7 @@ QUESTION = "where is the red car?"
 
 
 def blend_reference(image: Image.Image, mask_l: Image.Image, gray: int) -> np.ndarray:
-    """METHOD.md step 8: uint8(float32(img) * w + float64(1 - w) * gray), w = mask / 255."""
+    """docs/method.md step 8: uint8(float32(img) * w + float64(1 - w) * gray), w = mask / 255."""
     img = np.asarray(image.convert("RGB"))
     w = np.asarray(mask_l).astype(np.float32)[..., None] / np.float32(255)
     # (1 - w) is formed in float32 and multiplied by the gray value in float64 (golden README, step 7).

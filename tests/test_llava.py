@@ -2,7 +2,7 @@
 
 The reference for the heatmap is computed here independently: a plain greedy
 loop without KV cache, eager attention with ``output_attentions=True``, and
-METHOD.md's formula applied by hand.
+docs/method.md's formula applied by hand.
 """
 
 import hashlib
@@ -123,7 +123,7 @@ def _pad_square(image, fill):
 
 @pytest.fixture(scope="module")
 def reference(tiny_llava, images):
-    """(heatmap [G, G], generated ids, steps) per sample: eager attention, no cache, METHOD.md by hand."""
+    """(heatmap [G, G], generated ids, steps) per sample: eager attention, no cache, docs/method.md by hand."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(tiny_llava)
@@ -219,7 +219,7 @@ def test_batch_equals_one_at_a_time_and_counts_own_steps(prompter, images, refer
     for i, (heatmap, generated, _) in enumerate(reference):
         assert result.answers[i] == backend.tokenizer.decode(generated, skip_special_tokens=True).strip()
         np.testing.assert_allclose(result.heatmaps[i].numpy(), heatmap.numpy(), atol=1e-5, rtol=0)
-    # The prompter writes the mask of METHOD.md step 4 and the answers.
+    # The prompter writes the mask of docs/method.md step 4 and the answers.
     out = prompter({"image": images[:3], "question": QUESTIONS[:3]})
     for i in range(3):
         want = masks.attention_mask(reference[i][0][None], 5.0, 3)[0].numpy()

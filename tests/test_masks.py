@@ -1,4 +1,4 @@
-"""The pure functions of ``hf_api_prompt.masks`` (METHOD.md steps 6-8).
+"""The pure functions of ``hf_api_prompt.masks`` (docs/method.md steps 6-8).
 
 Every expected value is computed here independently: by hand, with an explicit
 numpy loop, or with the library the reference code used (torchvision's
@@ -45,7 +45,7 @@ def np_mean_filter(x, k):
 
 
 def np_clip_mask(attention, tokens, coe, k):
-    """METHOD.md step 6, written out for one image."""
+    """docs/method.md step 6, written out for one image."""
     a = np_enhance(attention, coe)
     t = np.asarray(tokens, dtype=np.float64)
     b = (t.max() - t) / (t.max() - t.min())

@@ -1,6 +1,6 @@
 """Backend "clip": open_clip ViT, [CLS] attention decomposition at one block.
 
-METHOD.md, "Backend clip". Only block ``layer_index`` is examined, and the
+docs/method.md, "Backend clip". Only block ``layer_index`` is examined, and the
 forward pass stops after it: the maps are scored against
 ``u = ln_post.weight * (proj @ t)``, and everything the reference code applies
 after block L (later blocks' contributions are not part of either map; ln_post's
@@ -202,7 +202,7 @@ class ClipBackend(Backend):
         return torch.stack([self.preprocess(image) for image in images]).to(self.device, self.dtype)
 
     def raw_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Attention map and token map ``[B, gh, gw]`` (float32) of METHOD.md steps 3-5."""
+        """Attention map and token map ``[B, gh, gw]`` (float32) of docs/method.md steps 3-5."""
         visual = self.model.visual
         layer = self.config.layer_index
         blocks = visual.transformer.resblocks

@@ -1,6 +1,6 @@
 """Backend "llava": LLaVA-1.5 on transformers, attention of generated tokens over the image.
 
-METHOD.md, "Backend llava". The model answers the question greedily; at decoder
+docs/method.md, "Backend llava". The model answers the question greedily; at decoder
 layer ``layer_index``, on every forward call of that generation, the attention
 of the LAST query position over the image-token positions (softmax restricted to
 those positions, mean over heads) is recorded, and the heatmap is the mean of

@@ -3,8 +3,8 @@
 A *variant* is one masked version of a benchmark: one ``PrompterConfig`` applied
 to one source dataset. It is published as its own ``datasets`` config, named by
 :func:`variant_name`, and tagged ``{config_name}-v{library_version}`` once all of
-its files are committed. :class:`VariantRecord` holds everything METHOD.md
-("Parameters that every run must record") asks for; the records of every variant
+its files are committed. :class:`VariantRecord` holds everything docs/method.md
+("What every run records") asks for; the records of every variant
 in a repo live in ``api_variants.json``, from which the card's table is rendered.
 
 Example:
@@ -147,7 +147,7 @@ def lmms_eval_task_name(base_task: str, config_name: str) -> str:
 
 @dataclasses.dataclass
 class VariantRecord:
-    """Everything a published variant must record (METHOD.md), as stored in ``api_variants.json``.
+    """Everything a published variant must record (docs/method.md), as stored in ``api_variants.json``.
 
     Attributes:
         config_name: the ``datasets`` config (see :func:`variant_name`).
