@@ -26,11 +26,12 @@ distinct MM-Vet-like question per row:
    the inputs and the warm-up's caches), and "total" = the process's peak RSS
    during the call. CUDA: ``torch.cuda.max_memory_allocated`` after
    ``reset_peak_memory_stats``, minus ``memory_allocated`` before the call.
-3. Speed against "reference", a re-implementation (in this file) of the
-   authors' formulation: a forward pass through ALL blocks of the image tower,
-   every block computing its attention explicitly and materialising the
-   per-head, per-source contributions for every query
-   (``einsum('bhnm,bhmc->bhnmc')``, [B, heads, n, n, head_dim]) as the authors'
+3. Speed against "reference", a re-implementation of the authors'
+   formulation (``tests/authors_reference.py``; the test suite checks it
+   against the golden fixtures and the clip backend at every block): a
+   forward pass through ALL blocks of the image tower, every block computing
+   its attention explicitly and materialising the per-head, per-source
+   contributions for every query (``einsum('bhnm,bhmc->bhnmc')``, [B, heads, n, n, head_dim]) as the authors'
    open_clip fork does; at block ``layer_index`` (only there, which favours the
    reference) it keeps the [CLS] query's per-source contributions mapped
    through out_proj per head, and the patch
@@ -66,8 +67,10 @@ import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -80,6 +83,9 @@ from PIL import Image
 import hf_api_prompt
 from hf_api_prompt import ImagePrompter, masks
 from hf_api_prompt.inputs import open_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference's one home
+from authors_reference import reference_raw_maps  # noqa: E402
 
 logger = logging.getLogger("bench_clip")
 
@@ -174,59 +180,6 @@ def reference_mask(backend, pixels: torch.Tensor, questions: Sequence[str]) -> t
     return masks.clip_mask(
         attention_map.reshape(-1, gh, gw), token_map.reshape(-1, gh, gw), backend.config.enhance_coe, backend.config.kernel_size
     )
-
-
-def explicit_block(block, x: torch.Tensor, keep_cls_sources: bool):
-    """One residual attention block with its attention spelled out.
-
-    Returns the block output and, if asked, the [CLS] query's contribution of
-    every (head, source) pair mapped through out_proj: ``[B, heads, n, D]``.
-    """
-    attn = block.attn
-    batch, n, width = x.shape
-    heads = attn.num_heads
-    head_dim = width // heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(batch, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-    probs = torch.softmax((q * head_dim ** -0.5) @ k.transpose(-1, -2), dim=-1)  # [B, heads, n, n]
-    per_source = torch.einsum("bhnm,bhmc->bhnmc", probs, v)  # every query, head and source
-    heads_out = per_source.sum(3).transpose(1, 2).reshape(batch, n, width)
-    out = x + block.ls_1(attn.out_proj(heads_out))
-    out = out + block.ls_2(block.mlp(block.ln_2(out)))
-    cls_sources = None
-    if keep_cls_sources:
-        out_weight = attn.out_proj.weight.view(width, heads, head_dim)
-        cls_sources = torch.einsum("bhmc,dhc->bhmd", per_source[:, :, 0], out_weight)
-    return out, cls_sources
-
-
-def reference_raw_maps(visual, pixels: torch.Tensor, text: torch.Tensor, layer_index: int):
-    """Attention and token maps ``[B, G*G]`` scored as the authors' code does, after a full forward pass.
-
-    ln_post is applied as a linear map with the statistics of the final [CLS]
-    token; each of the ``parts`` vectors that sum to that token takes
-    ``1/parts`` of its mean and bias (golden/clip_public/README.md, step 3).
-    """
-    blocks = visual.transformer.resblocks
-    x = visual._embeds(pixels)
-    for index, block in enumerate(blocks):
-        x, cls_sources = explicit_block(block, x, keep_cls_sources=index == layer_index)
-        if cls_sources is not None:
-            n = x.shape[1]
-            sources = block.ls_1(cls_sources.sum(1) + block.attn.out_proj.bias / n)[:, 1:]
-            patch_tokens = x[:, 1:]
-    ln_post = visual.ln_post
-    final_cls = x[:, 0]
-    mean = final_cls.mean(-1)[:, None, None]
-    std = torch.sqrt(final_cls.var(-1, unbiased=False) + ln_post.eps)[:, None, None]
-    norm = (ln_post(final_cls) @ visual.proj).norm(dim=-1)[:, None, None]
-    parts = 2 * len(blocks) - 1
-
-    def score(vectors: torch.Tensor, share: int) -> torch.Tensor:
-        normed = (vectors - mean / share) / std * ln_post.weight + ln_post.bias / share
-        return ((normed @ visual.proj / norm).float() * text[:, None]).sum(-1)
-
-    return score(sources, parts * n), score(patch_tokens, parts)
 
 
 STEPS: Dict[str, Callable] = {"prompter step": prompter_mask, "encode_image": plain_encode, "reference": reference_mask}
