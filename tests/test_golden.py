@@ -35,6 +35,7 @@ def _params(manifest):
     return [(layer, p) for layer in manifest["layer_indices"] for p in manifest["parameter_sets"]]
 
 
+@pytest.mark.slow
 def test_golden_cases(golden_dir, manifest, golden_dataset):
     cases = {c["id"]: c for c in manifest["cases"]}
     merged_err, u8_bad, blended_total, blended_equal, blended_max = 0.0, 0, 0, 0, 0

@@ -1,7 +1,10 @@
 """The playground (hf_api_prompt/playground.py): its predict function offline, then the page in headless Chromium.
 
-The browser test needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run``
-installs them) and skips, saying so, only when they are missing or cannot start.
+Only the tests that need them import Gradio and selenium (the ``playground`` and
+``test`` extras; ``.ci/run`` installs both), and skip without them, so the rest of
+the suite runs without either. The browser test needs Debian's ``chromium`` and
+``chromium-driver`` (``.ci/run`` installs them) and skips, saying so, only when
+they are missing or cannot start.
 """
 
 import shutil
@@ -11,7 +14,6 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,6 +75,7 @@ def test_predictor_keeps_a_bounded_cache_of_prompters():
 
 
 def test_predict_returns_the_page_outputs(scene, tmp_path):
+    pytest.importorskip("gradio")  # predict() raises gradio.Error
     out = predict(PlaygroundPredictor(), tmp_path, scene, *ui_values(scene)[1:])
     expected = reference(scene, SCENE_QUESTION)
     assert out["heatmap"].mode == "RGB" and out["heatmap"].size == scene.size
@@ -95,6 +98,7 @@ def test_predict_reports_errors_as_gradio_errors(scene, tmp_path):
         (ui_values(scene, question="   "), "question"),
         (ui_values(None), "Upload an image"),
     ]
+    gr = pytest.importorskip("gradio")
     for values, message in cases:
         with pytest.raises(gr.Error, match=message):
             predict(predictor, tmp_path, *values)
@@ -102,6 +106,7 @@ def test_predict_reports_errors_as_gradio_errors(scene, tmp_path):
 
 
 def test_build_app_lays_out_the_page(monkeypatch, tmp_path):
+    pytest.importorskip("gradio")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # where Gradio copies the example images
     app = build_app()
     ids = {block.elem_id for block in app.blocks.values()}
@@ -130,6 +135,7 @@ CHROMIUM_FLAGS = [
 @pytest.fixture
 def browser():
     """Headless Debian Chromium through its matching chromedriver (selenium, no downloads)."""
+    pytest.importorskip("selenium")
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
@@ -158,6 +164,7 @@ def browser():
 @pytest.fixture
 def playground_url(monkeypatch, tmp_path):
     """The playground served on 127.0.0.1 from this process; Gradio's file cache under ``tmp_path``."""
+    pytest.importorskip("gradio")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_app()
@@ -179,6 +186,7 @@ def fetch_image(url: str) -> Image.Image:
     return image
 
 
+@pytest.mark.slow
 def test_page_masks_a_bundled_scene(browser, playground_url, scene):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

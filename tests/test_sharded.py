@@ -86,6 +86,7 @@ def one_process_result(source_dir, tiny_clip, tmp_path_factory):
     return _load(out, summary)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(source_dir, tiny_clip, tmp_path, one_process_result):
     summary = _summary(_two_processes(["-m", "hf_api_prompt"], _run_args(source_dir, tiny_clip, tmp_path)))
     assert summary["summary"]["processes"] == 2
@@ -115,6 +116,7 @@ KILLER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_recomputing(source_dir, tiny_clip, tmp_path, one_process_result):
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
