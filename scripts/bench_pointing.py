@@ -1,6 +1,7 @@
 """Pointing game: does the mask land on the object the question asks about? (issue 6)
 
-    python scripts/bench_pointing.py                                # bundled demo model, 500 held-out scenes, under a minute
+    python scripts/bench_pointing.py                                # bundled demo model, 500 held-out scenes, every block: over 5 min on 2 cores
+    python scripts/bench_pointing.py --layers 1                     # block 1 only, a fraction of that
     python scripts/bench_pointing.py --model local-dir:/tmp/clip --json pointing.json
 
 Scenes: ``hf_api_prompt.scenes.make_scene(seed, (112, 112), min_objects=2)``
