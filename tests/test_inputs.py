@@ -458,7 +458,8 @@ def test_map_passthrough(prompter, passthrough):
     assert out.features["heatmap"] == Array2D((8, 8), "float32")
     assert out.features["api_status"] == Value("string")
     assert out.features["image"] == ImageFeature()
-    rows = out.remove_columns("image")  # rows 0 and 5 hold undecodable bytes
+    rows = out  # rows 0 and 5 held undecodable bytes: their image reads back as None
+    assert [rows[i]["image"] is None for i in range(7)] == [True, True, False, False, False, True, False]
     status = rows["api_status"][:]
     assert "could not be decoded" in status[0] and "missing" in status[1]
     assert "question" in status[3] and "could not be decoded" in status[5]
@@ -510,4 +511,51 @@ def test_map_exif_rotated(prompter):
 def test_map_one_pixel(prompter):
     out = prompter.map(dataset([as_dict(encode(Image.new("RGB", (1, 1), (1, 2, 3))))], [Q]))
     assert out[0]["masked_image"].size == (1, 1)
+    assert np.asarray(out[0]["heatmap"]).shape == (8, 8)
+
+
+# ======================================================= column clashes
+@pytest.mark.parametrize("params,field", [
+    (dict(answer_column="question"), "answer_column"),
+    (dict(answer_column="image"), "answer_column"),
+    (dict(masked_image_column="image"), "masked_image_column"),
+    (dict(heatmap_column="question"), "heatmap_column"),
+    (dict(on_error="passthrough", status_column="question"), "status_column"),
+    (dict(question_column="image"), "question_column"),
+])
+def test_config_rejects_an_output_named_like_an_input(params, field):
+    from hf_api_prompt import PrompterConfig
+
+    with pytest.raises(ValueError, match=rf"distinct: \w+_column and {field} are both"):
+        PrompterConfig(backend="llava", model="m", pretrained=None, layer_index=0, **params)
+
+
+def existing_column_dataset(column: str) -> Dataset:
+    return Dataset.from_dict(
+        {"image": goods(2), "question": [Q, Q], column: ["x", "y"]},
+        features=Features({"image": ImageFeature(), "question": Value("string"), column: Value("string")}),
+    )
+
+
+@pytest.mark.parametrize("column,params,field", [
+    ("heatmap", {}, "heatmap_column"),
+    ("masked_image", {}, "masked_image_column"),
+    ("api_status", dict(on_error="passthrough"), "status_column"),
+    ("mask", dict(masked_image_column="mask"), "masked_image_column"),
+])
+def test_existing_output_column_is_an_error_before_any_work(tiny_clip, column, params, field, monkeypatch):
+    p = ImagePrompter("clip", model=tiny_clip, layer_index=1, **params)
+    monkeypatch.setattr(ImagePrompter, "backend", lambda *a, **k: pytest.fail("a model was loaded"))
+    ds = existing_column_dataset(column)
+    message = rf"already has a column '{column}'.*set {field} to another name"
+    with pytest.raises(ValueError, match=message):
+        p.map(ds)
+    with pytest.raises(ValueError, match=message):  # a plain map: the batch holds the column
+        ds.map(p, batched=True)
+    assert ds[column] == ["x", "y"]
+
+
+def test_status_column_may_exist_without_passthrough(prompter):
+    out = prompter.map(existing_column_dataset("api_status"))
+    assert out["api_status"] == ["x", "y"]
     assert np.asarray(out[0]["heatmap"]).shape == (8, 8)
