@@ -67,8 +67,11 @@ class PrompterConfig:
         image_column, question_column: input columns.
         masked_image_column, heatmap_column: output columns.
         on_error: ``"raise"`` (a bad row stops the map with an error naming it) or
-            ``"passthrough"`` (the row keeps its image unmasked and ``status_column``
-            says why).
+            ``"passthrough"`` (the row is kept and ``status_column`` says why; its heatmap
+            and the backend's own columns, e.g. the answer, are ``None``; its masked image
+            is the unmasked image, or ``None`` when the image is missing or undecodable, and
+            undecodable image bytes in ``image_column`` are replaced by ``None`` as well, so
+            that the result can be read, indexed and filtered row by row).
         status_column: written only with ``on_error="passthrough"``.
         device: ``None`` picks ``cuda:{rank % n_gpus}`` when GPUs exist, else CPU.
         dtype: ``None`` follows the device: float16 on CUDA, float32 on CPU.
@@ -122,13 +125,31 @@ class PrompterConfig:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
         if self.on_error not in ERROR_POLICIES:
             raise ValueError(f"on_error must be one of {ERROR_POLICIES}, got {self.on_error!r}")
-        outputs = [self.masked_image_column, self.heatmap_column]
+        # An output named like an input would overwrite it (answer_column="question"
+        # replaced the questions with the answers); outputs named alike overwrite each other.
+        named = {}
+        for field in self.column_fields():
+            name = getattr(self, field)
+            if name in named:
+                raise ValueError(
+                    f"column names must be distinct: {named[name]} and {field} are both {name!r}; rename one of them"
+                )
+            named[name] = field
+
+    def column_fields(self) -> list:
+        """The config fields naming the columns a prompter reads and writes, inputs first.
+
+        ``answer_column`` counts when set, ``status_column`` under ``on_error="passthrough"``.
+
+        >>> PrompterConfig(backend="clip", model="m", pretrained=None, layer_index=0).column_fields()
+        ['image_column', 'question_column', 'masked_image_column', 'heatmap_column']
+        """
+        fields = ["image_column", "question_column", "masked_image_column", "heatmap_column"]
         if self.answer_column is not None:
-            outputs.append(self.answer_column)
+            fields.append("answer_column")
         if self.on_error == "passthrough":
-            outputs.append(self.status_column)
-        if len(set(outputs)) != len(outputs):
-            raise ValueError(f"output columns must be distinct, got {outputs}")
+            fields.append("status_column")
+        return fields
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,7 +25,8 @@ def open_image(value: Any) -> Image.Image:
     ``{"bytes", "path"}`` dict (``Image(decode=False)``) or a file path. EXIF
     orientation is applied as ``datasets`` does when decoding, so the masked
     image is upright like the original. Modes become RGB as the model's own
-    transform does (``convert("RGB")``); 16-bit gray is scaled to 8 bits first.
+    transform does (``convert("RGB")``); deeper gray is scaled to 8 bits first
+    by its real range (:func:`to_rgb`).
 
     Raises:
         ValueError: with a short reason (the caller adds the row).
@@ -48,6 +49,8 @@ def open_image(value: Any) -> Image.Image:
         image.load()
         if image.getexif().get(Image.ExifTags.Base.Orientation, 1) != 1:  # transposing copies: only when needed
             image = ImageOps.exif_transpose(image)
+    except Image.UnidentifiedImageError:  # its message names a BytesIO object's address: no use in a status
+        raise ValueError("image could not be decoded (not a known image format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"image could not be decoded ({type(error).__name__}: {error})") from None
     if image.width < 1 or image.height < 1:
@@ -56,16 +59,55 @@ def open_image(value: Any) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB view of any PIL mode; 16/32-bit gray is scaled or clipped to 8 bits first."""
+    """RGB view of any PIL mode; gray deeper than 8 bits is mapped onto 0..255 first.
+
+    Deep gray (modes ``I;16*``, ``I``, ``F``) becomes 8-bit gray by its real range,
+    ``level = round(v * 255 / top)`` (halves round up):
+
+    - ``I;16*`` (16-bit PNG, TIFF): ``top = 65535``.
+    - ``I`` read from a PGM/PPM file: Pillow stores those samples on 0..65535 whatever
+      ``maxval`` the file declares (it rescales), so ``top = 65535`` too.
+    - other ``I`` (32-bit integers, e.g. built in memory): values within 0..255 are
+      taken as 8-bit levels; values within 0..65535 as 16-bit data (``top = 65535``);
+      anything else is clipped to 0..255.
+    - ``F`` (float): values within [0, 1] are fractions (``top = 1``); anything else
+      is clipped to 0..255 and rounded. NaN or infinite pixels are an error.
+
+    Raises:
+        ValueError: for a float image with NaN or infinite pixels.
+
+    Example:
+        >>> sixteen = Image.fromarray(np.array([[0, 257, 65535]], np.uint16))
+        >>> np.asarray(to_rgb(sixteen))[0, :, 0].tolist()
+        [0, 1, 255]
+        >>> fractions = Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32))
+        >>> np.asarray(to_rgb(fractions))[0, :, 0].tolist()
+        [0, 128, 255]
+    """
     if image.mode == "RGB":
         return image
-    if image.mode.startswith("I;16"):
-        gray = (np.asarray(image).astype(np.uint32) * 255 + 32767) // 65535
-        return Image.fromarray(gray.astype(np.uint8), mode="L").convert("RGB")
-    if image.mode in ("I", "F"):
-        gray = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return Image.fromarray(_gray_levels(image), mode="L").convert("RGB")
     return image.convert("RGB")
+
+
+def _gray_levels(image: Image.Image) -> np.ndarray:
+    """8-bit levels of a deep gray image by the rule of :func:`to_rgb`."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("image has NaN or infinite pixel values (mode F)")
+        if values.size and 0 <= values.min() and values.max() <= 1:
+            values = values * 255
+        return np.floor(np.clip(values, 0, 255) + 0.5).astype(np.uint8)
+    values = values.astype(np.int64)
+    sixteen_bit = image.mode.startswith("I;16") or image.format == "PPM"
+    if not sixteen_bit and values.size and 0 <= values.min() and 255 < values.max() <= 65535:
+        sixteen_bit = True
+    if sixteen_bit:
+        return ((values * 510 + 65535) // 131070).astype(np.uint8)  # floor(v * 255 / 65535 + 1/2)
+    return np.clip(values, 0, 255).astype(np.uint8)
 
 
 def check_question(value: Any) -> str:

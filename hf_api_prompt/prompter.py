@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -87,101 +88,151 @@ class ImagePrompter:
         return self._backend
 
     def features(self, input_features):
-        """Input features plus the columns this prompter writes, with their exact types.
+        """Input features plus :meth:`output_features`: pass them to ``map(features=...)``.
 
-        Pass them to ``map(features=...)`` so the heatmap is stored as ``Array2D``
-        (``datasets`` would otherwise infer nested lists) and all-failed first batches
-        still get the right types.
+        Declared types keep the heatmap an ``Array2D`` (``datasets`` would otherwise
+        infer nested lists) and give batches whose rows all failed the right types.
         """
-        from datasets import Array2D, Features, Image, Value
+        from datasets import Features
 
-        features = Features(dict(input_features))
-        features[self.config.masked_image_column] = Image()
-        features[self.config.heatmap_column] = Array2D(self.grid_shape, "float32")
-        if self.config.answer_column is not None:
-            features[self.config.answer_column] = Value("string")
-        if self.config.on_error == "passthrough":
-            features[self.config.status_column] = Value("string")
-        return features
+        return Features({**input_features, **self.output_features()})
+
+    def output_features(self) -> Dict[str, Any]:
+        """The columns this prompter writes, in order, with their ``datasets`` feature types.
+
+        The one declaration of the output: :meth:`features` declares these columns to
+        ``datasets`` and ``__call__`` fills every one of them on every row (``None``
+        where a row has no value). The backend adds its own columns through
+        :meth:`~hf_api_prompt.backends.base.Backend.extra_features` (llava: the answer).
+
+        Example:
+            >>> from hf_api_prompt.bundled import DEMO_MODEL
+            >>> list(ImagePrompter("clip", model=DEMO_MODEL, layer_index=2, on_error="passthrough").output_features())
+            ['masked_image', 'heatmap', 'api_status']
+        """
+        return dict(_declared_outputs(self.config))
 
     def map(self, dataset, *, batch_size: int = 8, **map_kwargs):
         """``dataset.map(self, batched=True, ...)`` with the right features and row numbers.
 
         Images are read undecoded (``Image(decode=False)``) and decoded here, so an
         undecodable file is reported as a row error (or passed through) instead of
-        failing inside ``datasets``.
+        failing inside ``datasets``. The columns are checked first, before any model
+        loads: the inputs must exist and no output may overwrite an existing column.
 
         Args:
-            dataset: a ``datasets.Dataset`` with the image and question columns.
+            dataset: a ``datasets.Dataset``, or an ``IterableDataset`` (streaming) with
+                known features; either has the image and question columns.
             batch_size: rows per model call.
-            **map_kwargs: forwarded to ``Dataset.map`` (``num_proc``, ``desc``, ...).
-        """
-        from datasets import Image
+            **map_kwargs: forwarded to ``map`` (``Dataset.map``: ``num_proc``, ``desc``, ...;
+                ``IterableDataset.map`` takes neither).
 
+        Returns:
+            A ``Dataset``, or for an ``IterableDataset`` an ``IterableDataset`` that
+            computes while it is iterated.
+        """
+        from datasets import Image, IterableDataset
+
+        streaming = isinstance(dataset, IterableDataset)
+        if dataset.features is None:
+            raise ValueError(
+                "the streaming dataset has unknown features, so the prompter cannot check its columns nor type "
+                "its output: give them, e.g. dataset.cast(features) or load_dataset(..., features=features)"
+            )
+        self.check_columns(list(dataset.features))
         column = self.config.image_column
-        self._check_columns(dataset.column_names)
         decoded = isinstance(dataset.features[column], Image) and dataset.features[column].decode
         source = dataset.cast_column(column, Image(decode=False)) if decoded else dataset
+        # The input's own image feature: the output decodes as the input did.
+        features = self.features(dataset.features)
+        if streaming:
+            # A typed IterableDataset.map (features=...) yields the rows as the function left
+            # them (the input images stay undecoded dicts), and a later cast_column does not
+            # change that (datasets 5.2); mapped untyped and then cast, each row is encoded and
+            # decoded by `features`. IterableDataset.map has no desc nor num_proc.
+            return source.map(self, batched=True, batch_size=batch_size, with_indices=True, **map_kwargs).cast(features)
         map_kwargs.setdefault("desc", f"API masks ({self.config.backend})")
         if map_kwargs.get("num_proc"):
             map_kwargs.setdefault("with_rank", True)
-        result = source.map(
-            self,
-            batched=True,
-            batch_size=batch_size,
-            with_indices=True,
-            features=self.features(source.features),
-            **map_kwargs,
+        return source.map(
+            self, batched=True, batch_size=batch_size, with_indices=True, features=features, **map_kwargs
         )
-        return result.cast_column(column, Image()) if decoded else result
 
-    def _check_columns(self, columns: Sequence[str]):
-        for role, name in (("image_column", self.config.image_column), ("question_column", self.config.question_column)):
+    def check_columns(self, columns: Sequence[str]):
+        """Check a dataset's column names: the inputs exist, no output does (it would be overwritten).
+
+        ``map`` and ``__call__`` run it first; call it to check a dataset before other work.
+
+        Raises:
+            KeyError: an input column is missing.
+            ValueError: an output column already exists; the message names the config field to change.
+        """
+        config = self.config
+        for field in ("image_column", "question_column"):
+            name = getattr(config, field)
             if name not in columns:
-                raise KeyError(f"{role}={name!r} is not a column of the dataset (columns: {list(columns)})")
+                raise KeyError(f"{field}={name!r} is not a column of the dataset (columns: {list(columns)})")
+        fields = {getattr(config, field): field for field in config.column_fields()}
+        for name in self.output_features():
+            if name in columns:
+                where = f"set {fields[name]} to another name" if name in fields else f"backend {config.backend!r} writes it"
+                raise ValueError(
+                    f"the dataset already has a column {name!r}, which the prompter would overwrite ({where}, "
+                    "or remove the column first)"
+                )
 
     def __call__(self, batch, *args) -> Dict[str, list]:
         indices, rank = _split_map_args(args)
-        self._check_columns(list(batch.keys()))
-        raw_images = batch[self.config.image_column]
-        raw_questions = batch[self.config.question_column]
+        config = self.config
+        outputs = self.output_features()
+        self.check_columns(list(batch.keys()))
+        raw_images = batch[config.image_column]
+        raw_questions = batch[config.question_column]
         size = len(raw_images)
         labels = list(indices) if indices is not None else [f"{i} of this batch" for i in range(size)]
 
         images: List[Any] = [None] * size
         questions: List[Optional[str]] = [None] * size
         status = ["ok"] * size
+        undecodable: List[int] = []  # Image-feature values ({"bytes", "path"}) that cannot be decoded
         for i in range(size):
             try:
                 images[i] = open_image(raw_images[i])
                 questions[i] = check_question(raw_questions[i])
             except ValueError as error:
-                if self.config.on_error == "raise":
+                if config.on_error == "raise":
                     raise RowError(labels[i], str(error)) from None
                 status[i] = str(error)
+                if images[i] is None and isinstance(raw_images[i], dict):
+                    undecodable.append(i)
                 logger.warning("row %s passed through unmasked: %s", labels[i], error)
 
+        columns: Dict[str, list] = {name: [None] * size for name in outputs}
+        columns[config.masked_image_column] = list(images)  # bad rows pass through unmasked
+        if config.on_error == "passthrough":
+            columns[config.status_column] = status
         good = [i for i in range(size) if status[i] == "ok"]
-        masked: List[Any] = [images[i] for i in range(size)]
-        heatmaps: List[Optional[np.ndarray]] = [None] * size
-        extra: Dict[str, list] = {}
         if good:
             output = self.backend(rank)([images[i] for i in good], [questions[i] for i in good])
-            boxes = output.boxes if self.config.geometry == "aligned" else [None] * len(good)
+            declared = set(get_backend(config.backend).extra_features(config))
+            if set(output.extra_columns) != declared:
+                raise RuntimeError(
+                    f"backend {config.backend!r} returned columns {sorted(output.extra_columns)} but declares "
+                    f"{sorted(declared)} (Backend.extra_features)"
+                )
+            boxes = output.boxes if config.geometry == "aligned" else [None] * len(good)
             blended = masks.masked_images(
-                [images[i] for i in good], output.masks, boxes, self.config.interpolation, self.config.grayscale
+                [images[i] for i in good], output.masks, boxes, config.interpolation, config.grayscale
             )
             for slot, i in enumerate(good):
-                masked[i] = blended[slot]
-                heatmaps[i] = output.masks[slot]
-            for name, values in output.extra_columns.items():
-                extra[name] = [None] * size
-                for slot, i in enumerate(good):
-                    extra[name][i] = values[slot]
-
-        columns = {self.config.masked_image_column: masked, self.config.heatmap_column: heatmaps, **extra}
-        if self.config.on_error == "passthrough":
-            columns[self.config.status_column] = status
+                columns[config.masked_image_column][i] = blended[slot]
+                columns[config.heatmap_column][i] = output.masks[slot]
+                for name, values in output.extra_columns.items():
+                    columns[name][i] = values[slot]
+        if undecodable:
+            # Left in place, these bytes would make datasets fail on decoding the row
+            # (out[i], iteration, filter); the status column keeps the reason.
+            columns[config.image_column] = [None if i in undecodable else raw_images[i] for i in range(size)]
         return columns
 
 
@@ -205,6 +256,23 @@ def _one_thread_in_forked_worker():
         logger.info("forked num_proc worker %d: torch intra-op threads %d -> 1 (GNU OpenMP hangs after fork)",
                     os.getpid(), torch.get_num_threads())
         torch.set_num_threads(1)
+
+
+@functools.lru_cache(maxsize=64)
+def _declared_outputs(config: PrompterConfig) -> Tuple[Tuple[str, Any], ...]:
+    """:meth:`ImagePrompter.output_features` as pairs; cached because every batch reads it
+    (llava's grid shape comes from the model's config file)."""
+    from datasets import Array2D, Image, Value
+
+    backend = get_backend(config.backend)
+    columns = {
+        config.masked_image_column: Image(),
+        config.heatmap_column: Array2D(backend.grid_shape(config), "float32"),
+    }
+    columns.update(backend.extra_features(config))
+    if config.on_error == "passthrough":
+        columns[config.status_column] = Value("string")
+    return tuple(columns.items())
 
 
 def _split_map_args(args: Tuple[Any, ...]) -> Tuple[Optional[Sequence[int]], Optional[int]]:

@@ -7,7 +7,11 @@ corner cases, 16-bit -> 8-bit scaling, EXIF rotation as a numpy rotation).
 
 import gc
 import io
+import math
 import resource
+import struct
+import zlib
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -35,6 +39,11 @@ def rgb_image(w, h, seed=0) -> Image.Image:
 def truncated_png() -> bytes:
     data = encode(rgb_image(40, 40, seed=9))
     return data[: len(data) // 2]
+
+
+def level_16(value: int) -> int:
+    """Nearest 8-bit level of a 16-bit sample, exactly: round(v * 255 / 65535), halves up."""
+    return math.floor(Fraction(value * 255, 65535) + Fraction(1, 2))
 
 
 def as_dict(data: bytes) -> dict:
@@ -159,6 +168,69 @@ class TestOpenImage:
     def test_i16_is_scaled_not_clipped(self):
         image = Image.fromarray(np.array([[1000, 30000, 65535]], np.uint16))
         assert arr(to_rgb(image))[0, :, 0].tolist() == [4, 117, 255]  # round(v / 257)
+
+    def test_16_bit_pgm_is_scaled_by_its_range(self):
+        # P5 written by hand: header, then big-endian 16-bit samples (maxval 65535).
+        samples = [0, 128, 129, 257, 385, 386, 1000, 30000, 65406, 65407]
+        data = b"P5\n5 2\n65535\n" + b"".join(v.to_bytes(2, "big") for v in samples)
+        want = [level_16(v) for v in samples]
+        assert want[:6] == [0, 0, 1, 1, 1, 2]
+        assert want[-2:] == [254, 255]  # 65406 / 257 = 254.498, 65407 / 257 = 254.502
+        for value in (data, as_dict(data), Image.open(io.BytesIO(data))):
+            out = open_image(value)
+            assert out.mode == "RGB" and out.size == (5, 2)
+            assert arr(out)[..., 0].ravel().tolist() == want
+            assert (arr(out)[..., 0] == arr(out)[..., 2]).all()
+
+    def test_dark_16_bit_pgm_stays_dark(self):
+        # Every sample <= 255: 16-bit data by the file's depth, not 8-bit levels.
+        data = b"P5\n3 1\n65535\n" + b"".join(v.to_bytes(2, "big") for v in (0, 128, 255))
+        assert arr(open_image(data))[0, :, 0].tolist() == [0, 0, 1]
+
+    def test_pgm_with_other_maxval(self):
+        samples = [0, 1, 2, 511, 512, 1022, 1023]
+        data = b"P5\n7 1\n1023\n" + b"".join(v.to_bytes(2, "big") for v in samples)
+        got = arr(open_image(data))[0, :, 0].astype(int)
+        want = np.array([math.floor(Fraction(v * 255, 1023) + Fraction(1, 2)) for v in samples])
+        assert np.abs(got - want).max() <= 1  # Pillow rescales to 0..65535 first: one rounding more
+
+    def test_16_bit_png_written_by_hand(self):
+        samples = [[0, 257, 1000, 65535], [32767, 32768, 128, 129]]
+        raw = b"".join(b"\x00" + b"".join(v.to_bytes(2, "big") for v in row) for row in samples)  # filter 0 per row
+        def chunk(kind, body):
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 2, 16, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+        want = [[level_16(v) for v in row] for row in samples]
+        assert arr(open_image(data))[..., 0].tolist() == want
+        # The same pixels as a 32-bit mode I image made in memory (no file depth: by range).
+        as_i = Image.open(io.BytesIO(data)).convert("I")
+        assert as_i.mode == "I" and arr(to_rgb(as_i))[..., 0].tolist() == want
+
+    def test_mode_i_within_8_bits_and_out_of_range(self):
+        levels = Image.fromarray(np.array([[0, 7, 200, 255]], np.int32), mode="I")
+        assert arr(to_rgb(levels))[0, :, 0].tolist() == [0, 7, 200, 255]
+        wide = Image.fromarray(np.array([[-5, 10, 70000]], np.int32), mode="I")
+        assert arr(to_rgb(wide))[0, :, 0].tolist() == [0, 10, 255]  # clipped
+
+    def test_mode_f_fractions_are_scaled(self):
+        values = np.array([[0.0, 0.25, 0.5, 1 / 255, 0.999, 1.0]], np.float32)
+        image = Image.fromarray(values)
+        assert image.mode == "F"
+        want = [math.floor(Fraction(float(v)) * 255 + Fraction(1, 2)) for v in values[0]]
+        assert want == [0, 64, 128, 1, 255, 255]
+        assert arr(to_rgb(image))[0, :, 0].tolist() == want
+        tiff = encode(image, "TIFF")
+        assert arr(open_image(tiff))[0, :, 0].tolist() == want
+
+    def test_mode_f_outside_0_1_is_clipped(self):
+        image = Image.fromarray(np.array([[-3.0, 2.4, 2.6, 300.0]], np.float32))
+        assert arr(to_rgb(image))[0, :, 0].tolist() == [0, 2, 3, 255]
+
+    def test_mode_f_nan_is_an_error(self):
+        image = Image.fromarray(np.array([[0.5, np.nan]], np.float32))
+        with pytest.raises(ValueError, match="NaN"):
+            open_image(image)
 
     def test_exif_orientation_is_applied(self):
         data, upright = exif_rotated_jpeg()
@@ -386,7 +458,8 @@ def test_map_passthrough(prompter, passthrough):
     assert out.features["heatmap"] == Array2D((8, 8), "float32")
     assert out.features["api_status"] == Value("string")
     assert out.features["image"] == ImageFeature()
-    rows = out.remove_columns("image")  # rows 0 and 5 hold undecodable bytes
+    rows = out  # rows 0 and 5 held undecodable bytes: their image reads back as None
+    assert [rows[i]["image"] is None for i in range(7)] == [True, True, False, False, False, True, False]
     status = rows["api_status"][:]
     assert "could not be decoded" in status[0] and "missing" in status[1]
     assert "question" in status[3] and "could not be decoded" in status[5]
@@ -438,4 +511,51 @@ def test_map_exif_rotated(prompter):
 def test_map_one_pixel(prompter):
     out = prompter.map(dataset([as_dict(encode(Image.new("RGB", (1, 1), (1, 2, 3))))], [Q]))
     assert out[0]["masked_image"].size == (1, 1)
+    assert np.asarray(out[0]["heatmap"]).shape == (8, 8)
+
+
+# ======================================================= column clashes
+@pytest.mark.parametrize("params,field", [
+    (dict(answer_column="question"), "answer_column"),
+    (dict(answer_column="image"), "answer_column"),
+    (dict(masked_image_column="image"), "masked_image_column"),
+    (dict(heatmap_column="question"), "heatmap_column"),
+    (dict(on_error="passthrough", status_column="question"), "status_column"),
+    (dict(question_column="image"), "question_column"),
+])
+def test_config_rejects_an_output_named_like_an_input(params, field):
+    from hf_api_prompt import PrompterConfig
+
+    with pytest.raises(ValueError, match=rf"distinct: \w+_column and {field} are both"):
+        PrompterConfig(backend="llava", model="m", pretrained=None, layer_index=0, **params)
+
+
+def existing_column_dataset(column: str) -> Dataset:
+    return Dataset.from_dict(
+        {"image": goods(2), "question": [Q, Q], column: ["x", "y"]},
+        features=Features({"image": ImageFeature(), "question": Value("string"), column: Value("string")}),
+    )
+
+
+@pytest.mark.parametrize("column,params,field", [
+    ("heatmap", {}, "heatmap_column"),
+    ("masked_image", {}, "masked_image_column"),
+    ("api_status", dict(on_error="passthrough"), "status_column"),
+    ("mask", dict(masked_image_column="mask"), "masked_image_column"),
+])
+def test_existing_output_column_is_an_error_before_any_work(tiny_clip, column, params, field, monkeypatch):
+    p = ImagePrompter("clip", model=tiny_clip, layer_index=1, **params)
+    monkeypatch.setattr(ImagePrompter, "backend", lambda *a, **k: pytest.fail("a model was loaded"))
+    ds = existing_column_dataset(column)
+    message = rf"already has a column '{column}'.*set {field} to another name"
+    with pytest.raises(ValueError, match=message):
+        p.map(ds)
+    with pytest.raises(ValueError, match=message):  # a plain map: the batch holds the column
+        ds.map(p, batched=True)
+    assert ds[column] == ["x", "y"]
+
+
+def test_status_column_may_exist_without_passthrough(prompter):
+    out = prompter.map(existing_column_dataset("api_status"))
+    assert out["api_status"] == ["x", "y"]
     assert np.asarray(out[0]["heatmap"]).shape == (8, 8)

@@ -44,7 +44,8 @@ class BackendOutput:
         masks: float32 ``[B, gh, gw]`` final grid masks in [0, 1], row 0 at the top.
         boxes: per image, the grid-coordinate box that the whole image maps to
             under ``geometry="aligned"``.
-        extra_columns: backend-specific per-row outputs (e.g. an answer).
+        extra_columns: backend-specific per-row outputs (e.g. an answer), exactly the
+            columns that :meth:`Backend.extra_features` declares.
     """
 
     masks: np.ndarray
@@ -101,6 +102,15 @@ class Backend:
     def grid_shape(cls, config: PrompterConfig) -> Tuple[int, int]:
         """``(gh, gw)`` of the heatmap this config produces."""
         raise NotImplementedError
+
+    @classmethod
+    def extra_features(cls, config: PrompterConfig) -> dict:
+        """The backend's own output columns and their ``datasets`` feature types (none by default).
+
+        They are part of :meth:`hf_api_prompt.ImagePrompter.output_features`, so they are
+        declared to ``datasets`` and filled (``None``) on rows the backend never saw.
+        """
+        return {}
 
     def __call__(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BackendOutput:
         raise NotImplementedError

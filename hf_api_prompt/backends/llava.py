@@ -424,6 +424,12 @@ class LlavaBackend(Backend):
     def grid_shape(cls, config: PrompterConfig) -> Tuple[int, int]:
         return _architecture(config.model).grid
 
+    @classmethod
+    def extra_features(cls, config: PrompterConfig) -> dict:
+        from datasets import Value
+
+        return {config.answer_column: Value("string")} if config.answer_column is not None else {}
+
     def __init__(self, config: PrompterConfig, device: torch.device):
         super().__init__(config, device)
         transformers = _transformers()

@@ -47,10 +47,10 @@ def rows_to_mask(prompter: ImagePrompter, source: Source, limit: Optional[int] =
     dataset = source.dataset
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    image = config.image_column
-    clashes = {config.masked_image_column, config.heatmap_column, original_image_column(image)} & set(dataset.column_names)
-    if clashes:
-        raise ValueError(f"the source already has column(s) {sorted(clashes)}: choose other output column names")
+    prompter.check_columns(dataset.column_names)  # before any model loads
+    original = original_image_column(config.image_column)
+    if original in dataset.column_names:
+        raise ValueError(f"the source already has a column {original!r}, where keep_original_image would write")
     return dataset
 
 
@@ -77,7 +77,8 @@ def build_variant(
     """
     config = prompter.config
     image, masked, heatmap = config.image_column, config.masked_image_column, config.heatmap_column
-    order = [c for c in mapped.column_names if c not in (masked, heatmap, config.status_column, config.answer_column)]
+    outputs = prompter.output_features()
+    order = [c for c in mapped.column_names if c not in outputs]  # the source's columns, in its order
     preview = _preview(mapped, config, preview_rows)
 
     if keep_original_image:
@@ -133,7 +134,8 @@ def _preview(result, config, rows: int):
     if rows <= 0 or len(result) == 0:
         return None
     sample = result.select(range(min(rows, len(result))))
-    sample = sample.filter(lambda row: row[config.heatmap_column] is not None)
+    # Reads the heatmap only: the rows left out (passed through) are never decoded.
+    sample = sample.filter(lambda heatmap: heatmap is not None, input_columns=config.heatmap_column)
     if len(sample) == 0:
         return None
     return preview_grid(
