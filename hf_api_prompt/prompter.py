@@ -115,6 +115,8 @@ class ImagePrompter:
             batch_size: rows per model call.
             **map_kwargs: forwarded to ``Dataset.map`` (``num_proc``, ``desc``, ...).
         """
+        if isinstance(getattr(dataset, "column_names", None), dict):  # a DatasetDict: {split: columns}
+            raise TypeError(f"map() takes one split, not a DatasetDict: pick one of {list(dataset.column_names)}, as dataset[split]")
         from datasets import Image
 
         column = self.config.image_column
