@@ -18,42 +18,44 @@ from hf_api_prompt.playground import PlaygroundPredictor, demo_examples, predict
 
 
 class NotReentrant:
-    """Wraps a backend; a second call while one is running fails, as llava's capture does."""
+    """Wraps the backends; a call while another is running fails, as llava's capture does."""
 
-    def __init__(self, backend):
-        self.backend = backend
-        self.inside = threading.Lock()
+    def __init__(self):
+        self.inside = threading.Lock()  # one for all backends: any overlap is caught
 
-    def __call__(self, images, questions):
-        if not self.inside.acquire(blocking=False):
-            raise RuntimeError("backend re-entered while a call was running")
-        try:
-            time.sleep(0.3)  # long enough for the other request to arrive meanwhile
-            return self.backend(images, questions)
-        finally:
-            self.inside.release()
+    def wrap(self, backend):
+        def call(images, questions):
+            if not self.inside.acquire(blocking=False):
+                raise RuntimeError("backend re-entered while a call was running")
+            try:
+                time.sleep(0.3)  # long enough for the other request to arrive meanwhile
+                return backend(images, questions)
+            finally:
+                self.inside.release()
+
+        return call
 
 
 def test_two_requests_at_once_both_succeed(monkeypatch, tmp_path):
     real_backend = ImagePrompter.backend
-    guards = {}
+    guard = NotReentrant()
 
     def guarded(self, rank=None):
-        backend = real_backend(self, rank)
-        return guards.setdefault(id(backend), NotReentrant(backend))
+        return guard.wrap(real_backend(self, rank))
 
     monkeypatch.setattr(ImagePrompter, "backend", guarded)
     predictor = PlaygroundPredictor()
     (path_a, question_a), (path_b, question_b) = demo_examples()[:2]
     requests = [(Image.open(path_a).convert("RGB"), question_a), (Image.open(path_b).convert("RGB"), question_b)]
+    widgets = ["clip", DEMO_MODEL, "", DEMO_MODEL_LAYER, 5.0, 3, "LANCZOS", 0, "paper"]
+    predict(predictor, tmp_path, *requests[0], *widgets)  # the model is loaded: both visitors share it
     start = threading.Barrier(len(requests))
     results, errors = [None, None], []
 
     def visit(slot, image, question):
         start.wait()
         try:
-            results[slot] = predict(predictor, tmp_path, image, question, "clip", DEMO_MODEL, "", DEMO_MODEL_LAYER,
-                                    5.0, 3, "LANCZOS", 0, "paper")
+            results[slot] = predict(predictor, tmp_path, image, question, *widgets)
         except Exception as error:  # noqa: BLE001 (reported below)
             errors.append(error)
 
