@@ -136,9 +136,14 @@ def _first_line(error: BaseException) -> str:
 
 
 def _causes(error: BaseException) -> list:
+    """``error`` and the errors it was raised from or during (as a traceback would show them)."""
     chain = [error]
-    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    while len(chain) < 10:
+        last = chain[-1]
+        cause = last.__cause__ if last.__cause__ is not None or last.__suppress_context__ else last.__context__
+        if cause is None:
+            break
+        chain.append(cause)
     return chain
 
 
@@ -149,7 +154,7 @@ def _step(step: str):
 
     try:
         yield
-    except (PublishError, StepFailed):  # already say what failed
+    except (PublishError, StepFailed, ValueError, KeyError):  # their messages say what is wrong
         raise
     except Exception as error:
         chain = _causes(error)

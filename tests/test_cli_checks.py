@@ -64,7 +64,7 @@ def run_cli(capsys, *args) -> tuple:
 def test_bad_run_options_fail_before_the_model_loads(tmp_path, capsys, no_model, flags, message):
     code, err = run_cli(capsys, "--output-dir", tmp_path / "out", *flags)
     assert code == 2
-    assert re.search(message, err), err
+    assert re.search("^hf-api-prompt: error: .*" + message, err, re.M), err
     assert "(nothing was computed)" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
@@ -93,7 +93,7 @@ def test_unwritable_folders_fail_before_the_model_loads(tmp_path, capsys, no_mod
     flags, message = cases[case]
     code, err = run_cli(capsys, *flags, "--limit", 2)
     assert code == 2
-    assert re.search(message, err), err
+    assert re.search("^hf-api-prompt: error: " + message, err, re.M), err
     assert "(nothing was computed)" in err
     assert a_file.read_text() == "not ours"
 
