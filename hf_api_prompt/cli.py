@@ -7,7 +7,11 @@
     hf-api-prompt export-lmms-eval --repo-id me/MMVet-API --output-dir ./api_tasks
     hf-api-prompt upload --dataset-dir out/demo --repo-id me/demo-API # a local folder, in one commit
 
-Every command ends by printing one JSON line.
+Every command ends by printing one JSON line. A failure ends in one line on
+stderr instead: exit status 2 for bad input (checked before any model loads:
+"nothing was computed") or a failed download, connection or disk (what failed,
+whether running it again may help; nothing was published), 130 for Ctrl-C
+(with how many chunks are saved for the rerun to reuse).
 """
 
 from __future__ import annotations
