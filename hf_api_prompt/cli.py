@@ -7,12 +7,17 @@
     hf-api-prompt export-lmms-eval --repo-id me/MMVet-API --output-dir ./api_tasks
     hf-api-prompt upload --dataset-dir out/demo --repo-id me/demo-API # a local folder, in one commit
 
-Every command ends by printing one JSON line.
+Every command ends by printing one JSON line. A failure ends in one line on
+stderr instead: exit status 2 for bad input (checked before any model loads:
+"nothing was computed") or a failed download, connection or disk (what failed,
+whether running it again may help; nothing was published), 130 for Ctrl-C
+(with how many chunks are saved for the rerun to reuse).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +28,7 @@ from typing import Optional, Sequence
 from . import bundled
 from .config import PrompterConfig
 from .prompter import ImagePrompter
+from .sharded import RunInterrupted
 
 logger = logging.getLogger("hf_api_prompt")
 
@@ -40,6 +46,7 @@ def _field_parser(field: dataclasses.Field):
             return None
         return base(text)
 
+    parse.__name__ = base.__name__  # argparse names it in "invalid int value: 'x'"
     return parse
 
 
@@ -76,22 +83,88 @@ def run(args: argparse.Namespace) -> dict:
     params.update(image_column=benchmark.image_column, question_column=benchmark.question_column)
     if benchmark.dataset_id is None and "model" not in params:
         params.update(model=bundled.DEMO_MODEL, layer_index=params.get("layer_index", bundled.DEMO_MODEL_LAYER))
-    prompter = ImagePrompter(args.backend, **params)
-    return publish_variant(
-        prompter,
-        benchmark,
-        output_dir=args.output_dir,
-        repo_id=args.push_to_hub,
-        revision=args.revision,
-        private=args.private or None,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        keep_original_image=args.keep_original_image,
-        preview_rows=args.preview_rows,
-        num_proc=args.num_proc,
-        chunk_size=args.chunk_size,
-        work_dir=args.work_dir,
-    )
+    model = params.get("model", f"the {args.backend} default")
+    with _step(f"preparing model {model!r}"):
+        prompter = ImagePrompter(args.backend, **params)
+    source = repr(benchmark.dataset_id) if benchmark.dataset_id is not None else "the bundled demo scenes"
+    with _step(f"masking {source} with model {model!r}"):
+        return publish_variant(
+            prompter,
+            benchmark,
+            output_dir=args.output_dir,
+            repo_id=args.push_to_hub,
+            revision=args.revision,
+            private=args.private or None,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            keep_original_image=args.keep_original_image,
+            preview_rows=args.preview_rows,
+            num_proc=args.num_proc,
+            chunk_size=args.chunk_size,
+            work_dir=args.work_dir,
+        )
+
+
+class StepFailed(Exception):
+    """A download, connection or disk failure in a named step of a command.
+
+    ``chain`` is the error and its causes, innermost last; at least one is an
+    ``OSError`` (huggingface_hub's and requests' errors are; open_clip wraps a
+    failed weights download in a ``RuntimeError``).
+    """
+
+    def __init__(self, step: str, chain: Sequence[BaseException]):
+        super().__init__(step, chain)
+        self.step, self.chain = step, list(chain)
+
+    def __str__(self) -> str:
+        detail = _first_line(self.chain[0])
+        if len(self.chain) > 1:
+            detail += f" (because of {_first_line(self.chain[-1])})"
+        retry = "; the same command can be run again to retry" if any(map(_retryable, self.chain)) else ""
+        return f"{self.step} failed: {detail}; nothing was published{retry}"
+
+
+def _retryable(error: BaseException) -> bool:
+    """A dropped connection, a busy Hub, a file neither in the cache nor reachable: worth running again."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from .publishing.retry import is_transient
+
+    return is_transient(error) or isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled))
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _causes(error: BaseException) -> list:
+    """``error`` and the errors it was raised from or during (as a traceback would show them)."""
+    chain = [error]
+    while len(chain) < 10:
+        last = chain[-1]
+        cause = last.__cause__ if last.__cause__ is not None or last.__suppress_context__ else last.__context__
+        if cause is None:
+            break
+        chain.append(cause)
+    return chain
+
+
+@contextlib.contextmanager
+def _step(step: str):
+    """Turn a failure with an ``OSError`` in its chain into :class:`StepFailed` naming ``step``."""
+    from .publishing import PublishError
+
+    try:
+        yield
+    except (PublishError, StepFailed, ValueError, KeyError):  # their messages say what is wrong
+        raise
+    except Exception as error:
+        chain = _causes(error)
+        if not any(isinstance(link, OSError) for link in chain):
+            raise  # a bug: keep the traceback
+        raise StepFailed(step, chain) from error
 
 
 def card(args: argparse.Namespace) -> dict:
@@ -186,10 +259,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        summary = args.handler(args)
-    except (PublishError, ValueError, KeyError) as error:  # the messages say what to do; a traceback would not
+        with _step(args.command):
+            summary = args.handler(args)
+    except (PublishError, ValueError, KeyError, StepFailed) as error:  # the messages say what to do; a traceback would not
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         parser.exit(2, f"hf-api-prompt: error: {message}\n")
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: exit as a shell reports it (128 + SIGINT)
+        saved = f"{interrupt}; " if isinstance(interrupt, RunInterrupted) else ""
+        parser.exit(130, f"hf-api-prompt: interrupted: {saved}nothing was published\n")
     if "process_index" not in summary:  # under accelerate launch, the main process reports
         print(json.dumps(summary, sort_keys=True))
     _end_process_group()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from typing import Any, Optional
 
 from PIL import Image
@@ -47,6 +49,11 @@ def canonical_dtype(name: Optional[str]) -> Optional[str]:
     if key not in _DTYPE_ALIASES:
         raise ValueError(f"dtype {name!r} is not supported; use float32, float16 or bfloat16")
     return _DTYPE_ALIASES[key]
+
+
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (``True`` would pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,14 +119,15 @@ class PrompterConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("interpolation", canonical_interpolation(self.interpolation))
         set_("dtype", canonical_dtype(self.dtype))
-        if isinstance(self.layer_index, bool) or not isinstance(self.layer_index, int):
+        if not _is_int(self.layer_index):
             raise TypeError(f"layer_index must be an int, got {self.layer_index!r}")
-        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        if not _is_int(self.kernel_size) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {self.kernel_size!r}")
-        if not self.enhance_coe > 0:
-            raise ValueError(f"enhance_coe must be > 0, got {self.enhance_coe!r}")
-        set_("enhance_coe", float(self.enhance_coe))
-        if isinstance(self.grayscale, bool) or not isinstance(self.grayscale, int) or not 0 <= self.grayscale <= 255:
+        coe = self.enhance_coe  # inf or nan would also reach api_variants.json as invalid JSON
+        if isinstance(coe, bool) or not isinstance(coe, numbers.Real) or not math.isfinite(coe) or not coe > 0:
+            raise ValueError(f"enhance_coe must be a finite number > 0, got {coe!r} ({type(coe).__name__})")
+        set_("enhance_coe", float(coe))
+        if not _is_int(self.grayscale) or not 0 <= self.grayscale <= 255:
             raise ValueError(f"grayscale must be an int in [0, 255], got {self.grayscale!r}")
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
@@ -156,7 +164,7 @@ class PrompterConfig:
 
     def to_json(self) -> str:
         """Sorted, compact JSON: stable across runs, so it can key caches."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PrompterConfig":

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -67,6 +68,8 @@ class PlaygroundResult:
 class PlaygroundPredictor:
     """Masks one image at a time, keeping the last few prompters (and their models) loaded.
 
+    Calls from several threads (visitors of the page) run one at a time.
+
     Args:
         max_prompters: how many distinct parameter sets stay loaded; the least
             recently used one is dropped first. A model loads once per distinct
@@ -88,6 +91,9 @@ class PlaygroundPredictor:
             raise ValueError(f"max_prompters must be >= 1, got {max_prompters}")
         self.max_prompters = max_prompters
         self._prompters: "collections.OrderedDict[str, ImagePrompter]" = collections.OrderedDict()
+        # One prediction at a time: visitors share the loaded models, and a backend call is not
+        # re-entrant (llava's attention capture is in use until the call returns).
+        self._lock = threading.Lock()
 
     def prompter(self, backend: str, **params: Any) -> ImagePrompter:
         """The cached prompter for these parameters (built, not yet loaded, on first use).
@@ -116,11 +122,12 @@ class PlaygroundPredictor:
         """
         image = open_image(image)
         question = check_question(question)
-        prompter = self.prompter(backend, **params)
+        with self._lock:
+            prompter = self.prompter(backend, **params)
+            # The prompter's own steps (prompter.py), kept apart here to also return the
+            # pixel-size mask; tests check the masked image equals ImagePrompter's.
+            output = prompter.backend()([image], [question])
         config = prompter.config
-        # The prompter's own steps (prompter.py), kept apart here to also return the
-        # pixel-size mask; tests check the masked image equals ImagePrompter's.
-        output = prompter.backend()([image], [question])
         box = output.boxes[0] if config.geometry == "aligned" else None
         mask = masks.mask_to_pixels(
             masks.mask_to_uint8(output.masks[0]), image.size, Image.Resampling[config.interpolation], box

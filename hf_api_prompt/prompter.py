@@ -131,6 +131,8 @@ class ImagePrompter:
             A ``Dataset``, or for an ``IterableDataset`` an ``IterableDataset`` that
             computes while it is iterated.
         """
+        if isinstance(getattr(dataset, "column_names", None), dict):  # a DatasetDict: {split: columns}
+            raise TypeError(f"map() takes one split, not a DatasetDict: pick one of {list(dataset.column_names)}, as dataset[split]")
         from datasets import Image, IterableDataset
 
         streaming = isinstance(dataset, IterableDataset)

@@ -52,6 +52,25 @@ class RunSummary:
         )
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_sharded`; says how many chunks are saved for a rerun to reuse.
+
+    Attributes:
+        saved: chunks of this run on disk (by any process), out of ``total``.
+        work_dir: the run's chunk folder.
+    """
+
+    def __init__(self, saved: int, total: int, work_dir: Path):
+        super().__init__(saved, total, work_dir)
+        self.saved, self.total, self.work_dir = saved, total, work_dir
+
+    def __str__(self) -> str:
+        return (
+            f"{self.saved} of {self.total} chunks are saved in {self.work_dir}; a rerun with the same "
+            "prompter, rows, chunk size and work dir reuses them"
+        )
+
+
 def chunk_ranges(num_rows: int, chunk_size: int) -> List[Tuple[int, int]]:
     """``[(start, stop), ...]`` covering ``range(num_rows)`` in order.
 
@@ -109,10 +128,6 @@ def run_sharded(prompter, dataset, work_dir, *, chunk_size: int = 256, batch_siz
     chunks = chunk_ranges(len(dataset), chunk_size)
     with state.split_between_processes(list(range(len(chunks)))) as mine:
         mine = list(mine)
-    # Load the model on this process's device before any work (accelerate's own device choice).
-    prompter.backend(rank=state.local_process_index if torch.cuda.is_available() else None)
-
-    started = time.perf_counter()
     counts = {"computed_rows": 0, "reused": 0, "computed": 0}
     failures: collections.Counter = collections.Counter()
     todo_rows = sum(chunks[i][1] - chunks[i][0] for i in mine)
@@ -120,6 +135,12 @@ def run_sharded(prompter, dataset, work_dir, *, chunk_size: int = 256, batch_siz
     bars_were_on = is_progress_bar_enabled()
     disable_progress_bars()  # one bar per process instead of one per chunk
     try:
+        # Load the model on this process's device before any work (accelerate's own device choice).
+        # Not with num_proc > 1: each datasets worker loads its own, and one loaded here would be
+        # forked into every worker (CUDA does not survive a fork; on CPU it is wasted memory).
+        if ((map_kwargs or {}).get("num_proc") or 1) <= 1:
+            prompter.backend(rank=state.local_process_index if torch.cuda.is_available() else None)
+        started = time.perf_counter()
         for index in mine:
             start, stop = chunks[index]
             final = _chunk_dir(root, start, stop)
@@ -135,6 +156,9 @@ def run_sharded(prompter, dataset, work_dir, *, chunk_size: int = 256, batch_siz
                 counts["computed"] += 1
                 counts["computed_rows"] += stop - start
             bar.update(stop - start)
+    except KeyboardInterrupt:
+        saved = sum(_chunk_dir(root, start, stop).is_dir() for start, stop in chunks)
+        raise RunInterrupted(saved, len(chunks), root) from None
     finally:
         bar.close()
         if bars_were_on:

@@ -6,6 +6,7 @@ import json
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -108,7 +109,7 @@ def test_unknown_keys_rejected():
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("kernel_size", [0, 2, 4, -1, -3, 3.0, "3"])
+@pytest.mark.parametrize("kernel_size", [0, 2, 4, -1, -3, 3.0, "3", True, False])
 def test_bad_kernel_size(kernel_size):
     with pytest.raises(ValueError, match="kernel_size"):
         cfg(kernel_size=kernel_size)
@@ -119,7 +120,7 @@ def test_odd_kernel_size_accepted(kernel_size):
     assert cfg(kernel_size=kernel_size).kernel_size == kernel_size
 
 
-@pytest.mark.parametrize("grayscale", [-1, 256, 1000, 1.5, 127.0, True, "0", None])
+@pytest.mark.parametrize("grayscale", [-1, 256, 1000, 1.5, 127.0, True, False, "0", None])
 def test_bad_grayscale(grayscale):
     with pytest.raises(ValueError, match="grayscale"):
         cfg(grayscale=grayscale)
@@ -142,10 +143,31 @@ def test_bad_on_error(on_error):
         cfg(on_error=on_error)
 
 
-@pytest.mark.parametrize("enhance_coe", [0, 0.0, -1.0])
+@pytest.mark.parametrize(
+    "enhance_coe",
+    [0, 0.0, -1.0, "5", "5.0", None, True, float("inf"), -float("inf"), float("nan"), np.float64("inf"), [5.0], 1j],
+)
 def test_bad_enhance_coe(enhance_coe):
-    with pytest.raises(ValueError, match="enhance_coe"):
+    # A string used to raise a bare TypeError from ``>``; inf passed and was written to
+    # api_variants.json as ``Infinity`` (not JSON); True passed as 1.0 (issue 10, section 4).
+    with pytest.raises(ValueError, match=r"enhance_coe must be a finite number > 0, got "):
         cfg(enhance_coe=enhance_coe)
+
+
+@pytest.mark.parametrize("enhance_coe, expected", [(np.float32(2.5), 2.5), (np.float64(0.25), 0.25), (7, 7.0), (1e-3, 1e-3)])
+def test_enhance_coe_numbers_become_json_floats(enhance_coe, expected):
+    config = cfg(enhance_coe=enhance_coe)
+    assert type(config.enhance_coe) is float and config.enhance_coe == expected
+    assert json.loads(config.to_json())["enhance_coe"] == expected
+
+
+def test_to_json_never_writes_non_finite_numbers():
+    # Strict JSON: a non-finite number that slipped past validation fails here instead of
+    # reaching the dataset card as ``Infinity``/``NaN``.
+    config = cfg()
+    object.__setattr__(config, "enhance_coe", float("inf"))
+    with pytest.raises(ValueError, match="JSON compliant"):
+        config.to_json()
 
 
 def test_enhance_coe_int_is_float():
@@ -153,7 +175,7 @@ def test_enhance_coe_int_is_float():
     assert value == 3.0 and type(value) is float
 
 
-@pytest.mark.parametrize("layer_index", [1.0, "3", True, None])
+@pytest.mark.parametrize("layer_index", [1.0, "3", True, False, None])
 def test_layer_index_must_be_int(layer_index):
     with pytest.raises(TypeError, match="layer_index"):
         cfg(layer_index=layer_index)

@@ -144,6 +144,12 @@ class ClipBackend(Backend):
 
         precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
         logger.info("loading open_clip %s (pretrained=%s) on %s as %s", config.model, config.pretrained, device, precision)
+        if config.model.startswith(HF_HUB):
+            # open_clip only logs a warning and goes on with RANDOM weights when an hf-hub model's
+            # weights cannot be downloaded; fetching them first makes that failure an error.
+            from open_clip.pretrained import download_pretrained_from_hf
+
+            download_pretrained_from_hf(config.model[len(HF_HUB):])
         pretrained = None if config.model.startswith((LOCAL_DIR, HF_HUB)) else config.pretrained
         model, _, self.preprocess = open_clip.create_model_and_transforms(
             config.model, pretrained=pretrained, precision=precision, device=device
@@ -175,10 +181,29 @@ class ClipBackend(Backend):
     def encode_questions(self, questions: Sequence[str]) -> torch.Tensor:
         """Unit text embeddings ``[B, E]`` (float32); each distinct question is encoded once."""
         unique = list(dict.fromkeys(questions))
-        tokens = self.tokenizer(unique).to(self.device)
+        tokens = self.tokenizer(unique)
+        self._warn_if_cut(questions, unique, tokens)
+        tokens = tokens.to(self.device)
         features = self._encode_text(tokens).float()
         features = F.normalize(features, dim=-1)
         return features[torch.tensor([unique.index(q) for q in questions], device=self.device)]
+
+    def _warn_if_cut(self, questions: Sequence[str], unique: Sequence[str], tokens: torch.Tensor):
+        """One warning per batch naming how many questions the tokenizer cut to the text tower's context.
+
+        open_clip truncates silently; a question is cut exactly when tokenizing it with
+        one more position of context gives other tokens in the first ``context`` ones.
+        """
+        context = tokens.shape[1]
+        longer = self.tokenizer(list(unique), context_length=context + 1)[:, :context]
+        cut = {question for question, short, long in zip(unique, tokens, longer) if not torch.equal(short, long)}
+        if cut:
+            example = next(q for q in questions if q in cut)
+            logger.warning(
+                "%d of %d questions in this batch are longer than the text tower's context of %d tokens and were cut "
+                "to it (the mask follows only their beginning), e.g. %r",
+                sum(q in cut for q in questions), len(questions), context, example[:80] + ("..." if len(example) > 80 else ""),
+            )
 
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         model = self.model

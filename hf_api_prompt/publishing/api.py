@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -85,6 +87,11 @@ def publish_variant(
     """
     if (output_dir is None) == (repo_id is None):
         raise ValueError("give exactly one of output_dir (local folder) and repo_id (Hub)")
+    _check_counts(batch_size=batch_size, chunk_size=chunk_size, limit=limit, num_proc=num_proc)
+    chunks = Path(work_dir) if work_dir is not None else Path(output_dir or default_work_dir()) / CHUNKS_DIR
+    for name, folder in (("output_dir", output_dir), ("work_dir", chunks)):
+        if folder is not None:
+            _check_writable(Path(folder), name)
     config = prompter.config
     if (config.image_column, config.question_column) != (benchmark.image_column, benchmark.question_column):
         raise ValueError(
@@ -101,7 +108,7 @@ def publish_variant(
             publisher.preflight(variant_name(config, first_rows=limit))  # before any compute
         source = in_memory_source(dataset, benchmark) if dataset is not None else load_source(benchmark, revision=revision, token=token)
     rows = rows_to_mask(prompter, source, limit)
-    chunks = Path(work_dir) if work_dir is not None else Path(output_dir or default_work_dir()) / CHUNKS_DIR
+    _check_rows(prompter, rows, source, benchmark)
     mapped, summary = run_sharded(
         prompter, rows, chunks, chunk_size=chunk_size, batch_size=batch_size, state=state,
         map_kwargs={"num_proc": num_proc} if num_proc else None,
@@ -117,6 +124,38 @@ def publish_variant(
         chunks.rmdir()
     logger.info("summary: %s", summary)
     return {**result, "summary": {**dataclasses.asdict(summary), "rows_per_second": summary.rows_per_second}}
+
+
+def _check_counts(**counts):
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an int >= 1, got {value!r} (nothing was computed)")
+
+
+def _check_writable(folder: Path, name: str):
+    """``folder`` is, or can be made, a folder this process may write: checked now, not after the first chunk."""
+    existing = folder
+    while not existing.exists():  # a path through a file does not exist either
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name} {str(folder)!r} cannot be a folder: {str(existing)!r} is a file (nothing was computed)")
+    try:  # permissions, read-only mounts, ACLs: ask the file system itself
+        os.rmdir(tempfile.mkdtemp(prefix=".hf_api_prompt-write-check-", dir=existing))
+    except OSError as error:
+        raise ValueError(
+            f"{name} {str(folder)!r} cannot be written: {error.strerror} in {str(existing)!r} (nothing was computed)"
+        ) from None
+
+
+def _check_rows(prompter: ImagePrompter, rows, source, benchmark: Benchmark):
+    """The rows to mask exist and have the prompter's columns (the model is not loaded yet)."""
+    where = f"{source.dataset_id} (split {benchmark.split!r})"
+    if len(rows) == 0:
+        raise ValueError(f"{where} has no rows to mask (nothing was computed)")
+    try:
+        prompter.check_columns(rows.column_names)
+    except (KeyError, ValueError) as error:
+        raise type(error)(f"{where}: {error.args[0]} (nothing was computed)") from None
 
 
 def default_work_dir() -> Path:

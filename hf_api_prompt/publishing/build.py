@@ -42,12 +42,11 @@ def original_image_column(image_column: str) -> str:
 
 
 def rows_to_mask(prompter: ImagePrompter, source: Source, limit: Optional[int] = None):
-    """The source rows to mask (the first ``limit`` if given), checked for column clashes."""
+    """The source rows to mask (the first ``limit`` if given); ``original_<image>`` must be free."""
     config = prompter.config
     dataset = source.dataset
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    prompter.check_columns(dataset.column_names)  # before any model loads
     original = original_image_column(config.image_column)
     if original in dataset.column_names:
         raise ValueError(f"the source already has a column {original!r}, where keep_original_image would write")

@@ -72,7 +72,7 @@ def load_source(benchmark: Benchmark, *, revision: Optional[str] = None, token=N
     folder, a data folder (anything ``load_dataset(folder)`` reads), or a Hub id
     (read at the commit sha that ``dataset_info`` reports for ``revision``).
     """
-    from datasets import DatasetDict, load_dataset, load_from_disk
+    from datasets import load_dataset, load_from_disk
 
     dataset_id = benchmark.dataset_id
     if dataset_id is None:
@@ -81,14 +81,11 @@ def load_source(benchmark: Benchmark, *, revision: Optional[str] = None, token=N
     path = Path(dataset_id)
     if path.is_dir():
         if _is_saved_dataset(path):
-            dataset = load_from_disk(str(path))
-            if isinstance(dataset, DatasetDict):
-                if benchmark.split not in dataset:
-                    raise ValueError(f"{dataset_id} holds splits {list(dataset)}, not {benchmark.split!r}: pass --split")
-                dataset = dataset[benchmark.split]
+            dataset = pick_split(load_from_disk(str(path)), benchmark.split, dataset_id)
         else:
             dataset = load_dataset(str(path), split=benchmark.split)
         return Source(dataset, str(dataset_id), folder_fingerprint(path), False, benchmark.license)
+    _check_hub_id(dataset_id, path)
 
     from huggingface_hub import HfApi
 
@@ -105,6 +102,34 @@ def load_source(benchmark: Benchmark, *, revision: Optional[str] = None, token=N
 
 
 def in_memory_source(dataset, benchmark: Benchmark) -> Source:
-    """A ``Dataset`` passed in directly: pinned by its ``datasets`` fingerprint."""
+    """A ``Dataset`` passed in directly (of a ``DatasetDict``, ``benchmark.split``): pinned by its ``datasets`` fingerprint."""
     name = benchmark.dataset_id or "in-memory"
+    dataset = pick_split(dataset, benchmark.split, name)
     return Source(dataset, name, "fingerprint:" + dataset._fingerprint, False, benchmark.license)
+
+
+def pick_split(dataset, split: str, name: str):
+    """``dataset`` itself, or its split ``split`` if it is a ``DatasetDict`` (a clear error if it has none)."""
+    from datasets import DatasetDict
+
+    if not isinstance(dataset, DatasetDict):
+        return dataset
+    if split not in dataset:
+        raise ValueError(f"{name} holds splits {list(dataset)}, not {split!r}: pass --split (nothing was computed)")
+    return dataset[split]
+
+
+def _check_hub_id(dataset_id: str, path: Path):
+    """A ``dataset_id`` that is no folder must be a Hub id; say which it is not, before asking the Hub."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if path.exists():
+        raise ValueError(f"dataset {dataset_id!r} is a file; give a folder (save_to_disk or data files) or a Hub id")
+    try:
+        validate_repo_id(dataset_id)
+    except HFValidationError:
+        raise ValueError(
+            f"dataset {dataset_id!r}: no such folder ({path.resolve()} does not exist), and not a Hub dataset id "
+            "(namespace/name)"
+        ) from None
