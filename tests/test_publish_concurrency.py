@@ -11,6 +11,7 @@ from publish_fixtures import make_mmvet_like, tiny_built_variant
 
 BASE = PrompterConfig(backend="clip", model="ViT-B-16", pretrained="openai", layer_index=10)
 WRITERS, ROUNDS = 3, 4
+SHARED = 255
 
 
 def _write_variants(folder, writer: int, barrier, errors):
@@ -22,6 +23,8 @@ def _write_variants(folder, writer: int, barrier, errors):
             built = tiny_built_variant(BASE.replace(grayscale=writer * ROUNDS + round_), preview=round_ % 2 == 0)
             barrier.wait(timeout=60)
             write_variant(folder, built)
+        barrier.wait(timeout=60)
+        write_variant(folder, tiny_built_variant(BASE.replace(grayscale=SHARED)))  # the same variant, by every writer
     except BaseException as error:  # reported to the test, which fails on it
         errors.put(f"writer {writer}: {type(error).__name__}: {error}")
         barrier.abort()
@@ -52,17 +55,45 @@ def test_concurrent_writers_into_one_folder_keep_every_variant(tmp_path):
 
     exit_codes, errors = _run_processes(_write_variants, lambda i: (tmp_path, i), WRITERS)
     assert errors == [] and exit_codes == [0] * WRITERS
-    expected = sorted(variant_name(BASE.replace(grayscale=g)) for g in range(WRITERS * ROUNDS))
+    expected = sorted(variant_name(BASE.replace(grayscale=g)) for g in [*range(WRITERS * ROUNDS), SHARED])
     index = read_index(tmp_path)
     assert index.names() == expected  # no write lost another's record
     card = read_card(tmp_path)
     assert check_card(card, index, list_files(tmp_path)) == []
     assert sorted(re.findall(r"^\| `([^`]+)`", card.text, flags=re.M)) == expected  # the table lists all
     assert sorted(c["config_name"] for c in card.data.to_dict()["configs"]) == expected
-    for gray in (0, WRITERS * ROUNDS - 1):
+    for gray in (0, WRITERS * ROUNDS - 1, SHARED):
         rows = load_dataset(str(tmp_path), variant_name(BASE.replace(grayscale=gray)), split="test")
         assert rows[0]["image"].getpixel((0, 0)) == (gray,) * 3
     assert not [p for p in tmp_path.rglob(".*tmp-*")]  # no temporary file left behind
+
+
+def test_a_half_written_variant_of_another_writer_is_not_foreign(tmp_path):
+    """The check of a variant's files waits for the writer holding the lock instead of calling its files foreign."""
+    import threading
+
+    from hf_api_prompt.publishing.layout import check_output_folder, folder_lock
+    from hf_api_prompt.publishing.variants import VariantIndex
+
+    built = tiny_built_variant(BASE)
+    outcome = []
+
+    def check():
+        try:
+            check_output_folder(tmp_path, built.config_name)
+            outcome.append("ok")
+        except ValueError as error:
+            outcome.append(str(error))
+
+    with folder_lock(tmp_path):  # another writer, between its data files and its record
+        (tmp_path / built.config_name).mkdir()
+        checker = threading.Thread(target=check)
+        checker.start()
+        checker.join(timeout=0.5)
+        assert checker.is_alive() and outcome == []  # waits for the lock
+        (tmp_path / "api_variants.json").write_text(VariantIndex().upsert(built.record).to_json())
+    checker.join(timeout=30)
+    assert outcome == ["ok"]
 
 
 def _run_same_chunk(tiny_clip, work_dir, out, barrier, errors):

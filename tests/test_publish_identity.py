@@ -234,7 +234,9 @@ def test_write_variant_refuses_foreign_files(tmp_path, foreign):
         write_variant(tmp_path, built)
     assert str(path.relative_to(tmp_path).parts[0]) in str(error.value)
     assert path.read_bytes() == USER_README
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == files
+    # Only the empty lock file may appear (a variant's own files are checked under the lock).
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.name != ".api_lock") == files
+    assert not (tmp_path / ".api_lock").exists() or (tmp_path / ".api_lock").stat().st_size == 0
 
 
 def test_foreign_readme_beside_our_records_is_refused(tmp_path):

@@ -49,6 +49,8 @@ def check_output_folder(folder, config_name: Optional[str] = None, *, computed: 
     Ours: ``api_variants.json`` in our format, a ``README.md`` beside it that carries
     our card's marker, and the ``{config}/`` folder and ``previews/{config}.png`` of
     a variant recorded in that ``api_variants.json``. A missing or empty folder is fine.
+    The variant's own files are checked under the folder's lock, so another
+    writer's half-written variant is never taken for foreign files.
 
     Args:
         computed: whether masks were already computed (only changes the message).
@@ -57,10 +59,19 @@ def check_output_folder(folder, config_name: Optional[str] = None, *, computed: 
         ForeignFilesError: naming each foreign file.
     """
     folder = Path(folder)
+    _refuse_foreign(folder, None, computed)  # card and records: each written by one rename, safe to read unlocked
+    if config_name is not None and folder.is_dir():
+        with folder_lock(folder):
+            _refuse_foreign(folder, config_name, computed)
+
+
+def _refuse_foreign(folder: Path, config_name: Optional[str], computed: bool):
+    """:func:`check_output_folder`'s checks; the caller holds the lock when ``config_name`` is given."""
     if not folder.exists():
         return
+    nothing = "nothing was written" if computed else "nothing was computed or written"
     if not folder.is_dir():
-        raise ForeignFilesError(f"output folder {folder} is a file; nothing was {'written' if computed else 'computed or written'}")
+        raise ForeignFilesError(f"output folder {folder} is a file; {nothing}")
     problems = []
     index = None
     if (folder / VARIANTS_FILE).exists():
@@ -83,9 +94,9 @@ def check_output_folder(folder, config_name: Optional[str] = None, *, computed: 
                 problems.append(f"{path} exists but is not a variant recorded in {VARIANTS_FILE}")
     if problems:
         raise ForeignFilesError(
-            f"refusing to write {'variant ' + repr(config_name) if config_name else 'the card'} to {folder}: " + "; ".join(problems)
-            + f". Nothing was {'written' if computed else 'computed or written'}. Choose an empty folder or one that "
-            "hf_api_prompt wrote, or move these files away."
+            f"refusing to write {'variant ' + repr(config_name) if config_name else 'the card'} to {folder}: "
+            + "; ".join(problems) + f". {nothing.capitalize()}. Choose an empty folder or one that hf_api_prompt "
+            "wrote, or move these files away."
         )
 
 
@@ -201,10 +212,10 @@ def write_variant(folder, built: BuiltVariant, *, max_shard_size: int = MAX_SHAR
     """
     folder = Path(folder)
     record = built.record
-    check_output_folder(folder, record.config_name)  # before the lock file is made in a foreign folder
+    check_output_folder(folder)  # a foreign card or index: refused before the lock file is made
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder):
-        check_output_folder(folder, record.config_name)  # again: another writer may have come first
+        _refuse_foreign(folder, record.config_name, computed=True)
         data_files, size = write_parquet_shards(built.dataset, folder, record.config_name, record.split, max_shard_size)
         files = list(data_files)
         if built.preview is not None:
@@ -242,7 +253,7 @@ def rewrite_card(folder, template_path: Optional[Path] = None) -> Path:
     if not (folder / VARIANTS_FILE).is_file():
         raise ValueError(f"{folder} has no {VARIANTS_FILE}: nothing to render")
     with folder_lock(folder):
-        check_output_folder(folder)
+        _refuse_foreign(folder, None, computed=True)
         index = read_index(folder)
         card = render_card(index, load_path=str(folder), is_hub=False, existing_card=read_card(folder), template_path=template_path)
         problems = check_card(card, index, list_files(folder))
