@@ -135,7 +135,7 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     pretrained = config.pretrained
     if backend.model_names_weights(config):
         exact &= pretrained is None  # a pretrained the loader ignores still counts, through the hash
-    elif pretrained is None:
+    elif random_weights(config):
         parts.append("random")
     elif (model, pretrained) != (backend.defaults.get("model"), backend.defaults.get("pretrained")):
         if config.weights_sha256 is not None:  # a weights file, by its name (its sha256 is in the hash)
@@ -188,7 +188,8 @@ class VariantRecord:
         num_rows: rows in that split.
         created: UTC date and time of the run (ISO 8601).
         library_version: ``hf_api_prompt`` version that made it.
-        prompter: the full ``PrompterConfig`` (backend, model, weights id and sha256, every parameter).
+        prompter: the full ``PrompterConfig`` (backend, model, weights id and sha256, every parameter), local
+            weights by their folder or file name and sha256, never by their path (``portable_config``).
         source: ``dataset`` id, ``revision`` (Hub commit sha or content fingerprint), ``split``,
             ``benchmark`` preset, ``license``, ``image_column``, ``question_column``.
         columns: ``image`` (masked image, in the source's image column), ``heatmap``,
