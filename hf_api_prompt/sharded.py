@@ -83,8 +83,15 @@ def chunk_ranges(num_rows: int, chunk_size: int) -> List[Tuple[int, int]]:
 
 
 def work_key(prompter, dataset, chunk_size: int) -> str:
-    """Identifies a run's chunks: prompter config, input data and chunking."""
-    text = "\n".join([prompter.config.to_json(), dataset._fingerprint, str(len(dataset)), str(chunk_size)])
+    """Identifies a run's chunks: prompter config, input data and chunking.
+
+    Local weights count by name and sha256, not by path
+    (:func:`~hf_api_prompt.backends.base.portable_config`): another checkout of the
+    same weights reuses the chunks.
+    """
+    from .backends.base import portable_config
+
+    text = "\n".join([portable_config(prompter.config).to_json(), dataset._fingerprint, str(len(dataset)), str(chunk_size)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -189,7 +196,14 @@ def _save_atomically(chunk, final: Path):
     partial = final.with_name(final.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     chunk.save_to_disk(str(partial))
-    os.replace(partial, final)
+    try:
+        os.replace(partial, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        # Another process wrote the same chunk (same key: same rows, same config) first: keep theirs.
+        logger.info("chunk %s was written by another process; keeping it", final.name)
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _check_same_rows(source, result):

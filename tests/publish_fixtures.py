@@ -73,3 +73,37 @@ def assert_published_variant(published, source, expected, grayscale: int):
         assert got.shape == want.shape
         np.testing.assert_array_equal(got, want)
         assert got.min() >= 0 and got.max() <= 1
+
+
+def tiny_built_variant(config, num_rows: int = 2, grid=(2, 2), preview: bool = True):
+    """A cheap ``BuiltVariant`` for ``config`` (named by ``variant_name``): no model runs.
+
+    The rows carry ``config.grayscale`` as their image value, so which variant a file holds can be read back.
+    """
+    import datetime
+
+    from datasets import Array2D, Dataset, Features, Image as ImageFeature, Value
+
+    from hf_api_prompt import __version__
+    from hf_api_prompt.publishing.build import BuiltVariant
+    from hf_api_prompt.publishing.variants import PREVIEW_DIR, VariantRecord, variant_name
+
+    name = variant_name(config)
+    gray = np.full((4, 4, 3), config.grayscale, dtype=np.uint8)
+    features = Features({"question_id": Value("string"), "image": ImageFeature(), "question": Value("string"),
+                         "heatmap": Array2D(grid, "float32")})
+    dataset = Dataset.from_dict(
+        {"question_id": [f"q{i}" for i in range(num_rows)], "image": [Image.fromarray(gray)] * num_rows,
+         "question": ["where?"] * num_rows, "heatmap": [np.full(grid, 0.5, dtype=np.float32)] * num_rows},
+        features=features,
+    )
+    record = VariantRecord(
+        config_name=name, split="test", num_rows=num_rows,
+        created=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).isoformat(), library_version=__version__,
+        prompter=config.to_dict(),
+        source={"dataset": "in-memory", "revision": "sha256:0", "from_hub": False, "split": "test", "rows": "all",
+                "benchmark": "custom", "license": "other", "image_column": "image", "question_column": "question"},
+        columns={"image": "image", "heatmap": "heatmap", "original_image": None, "status": None},
+        preview=f"{PREVIEW_DIR}/{name}.png" if preview else None,
+    )
+    return BuiltVariant(dataset=dataset, record=record, preview=Image.fromarray(gray) if preview else None)

@@ -70,16 +70,18 @@ def test_local_models_are_named_by_their_weights_hash():
     b = a.replace(weights_sha256="b" * 64)
     moved = a.replace(model="local-dir:/elsewhere/my-clip")
     assert variant_name(a).startswith("clip-my-clip-l2-e5-k3-lanczos-g0-h")
-    assert variant_name(a) != variant_name(b)  # same folder name, other weights
-    # The hash is over the whole identity (model path included), computed independently here:
+    assert variant_name(a) != variant_name(b)  # same folder name, other weights: another name
+    # The hash is over the whole identity, with the folder by its name only, computed independently here:
     import hashlib
 
     identity = {k: v for k, v in a.to_dict().items() if k not in {
         "device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
         "status_column", "answer_column"}}
+    identity["model"] = "local-dir:my-clip"
     expected = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
     assert config_hash(a) == expected and variant_name(a).endswith("-h" + expected)
-    assert variant_name(moved) != variant_name(a)
+    # Where the folder lives is not part of the identity: the same weights elsewhere keep the name.
+    assert variant_name(moved) == variant_name(a)
 
 
 def test_names_are_unique_over_a_parameter_grid():
@@ -380,5 +382,7 @@ def test_variant_index_json_round_trip(tmp_path, tiny_clip):
     index = VariantIndex.from_json(text)
     assert index.to_json() == text and json.loads(text)["format_version"] == 1
     record = index[index.names()[0]]
-    assert PrompterConfig.from_dict(record.prompter) == prompter.config
+    # The record is the prompter's config with the local folder named by its name only (its sha256 identifies it).
+    folder_name = tiny_clip.rstrip("/").rsplit("/", 1)[1]
+    assert PrompterConfig.from_dict(record.prompter) == prompter.config.replace(model="local-dir:" + folder_name)
     assert set(MMVET_COLUMNS) >= {record.source["image_column"], record.source["question_column"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -53,6 +54,27 @@ class BackendOutput:
     extra_columns: Dict[str, list] = dataclasses.field(default_factory=dict)
 
 
+def portable_config(config: PrompterConfig) -> PrompterConfig:
+    """:meth:`Backend.portable_config` of ``config``'s backend.
+
+    Raises:
+        ValueError: local weights without ``weights_sha256`` (build configs with
+            :class:`~hf_api_prompt.ImagePrompter`, which fills it).
+    """
+    portable = get_backend(config.backend).portable_config(config)
+    if portable != config and config.weights_sha256 is None:
+        raise ValueError(
+            f"model {config.model!r} (pretrained {config.pretrained!r}) is local but weights_sha256 is not set: "
+            "build the config with ImagePrompter, which hashes the weights"
+        )
+    return portable
+
+
+def local_name(path: str) -> str:
+    """The name of the folder or file ``path`` points to: ``/a/b/`` -> ``b`` (``.`` -> the current folder's name)."""
+    return Path(os.path.abspath(os.path.expanduser(path))).name
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -96,6 +118,26 @@ class Backend:
     @classmethod
     def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
         """Validate ``config`` without loading weights; may fill ``weights_sha256``."""
+        return config
+
+    @classmethod
+    def model_names_weights(cls, config: PrompterConfig) -> bool:
+        """Whether ``config.model`` alone names the weights (a checkpoint repo or folder).
+
+        Then ``pretrained=None`` does not mean random weights, and a variant is
+        named by its model (and, for local weights, their sha256).
+        """
+        return False
+
+    @classmethod
+    def portable_config(cls, config: PrompterConfig) -> PrompterConfig:
+        """``config`` as it identifies a run wherever the checkout lives.
+
+        Local weights are named ``local-dir:<folder name>`` (or by their file name)
+        and identified by ``weights_sha256``, never by their absolute path. Used for
+        variant names, their records and cards, and the keys of resumable chunks.
+        Pure string work: it also applies to records whose folders are gone.
+        """
         return config
 
     @classmethod

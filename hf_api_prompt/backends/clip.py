@@ -24,7 +24,7 @@ from PIL import Image
 
 from .. import masks
 from ..config import PrompterConfig
-from .base import Backend, BackendOutput, register_backend, sha256_file
+from .base import Backend, BackendOutput, local_name, register_backend, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,21 @@ class ClipBackend(Backend):
                 f"(known tags: {open_clip.list_pretrained_tags_by_model(config.model)})"
             )
         return config.replace(weights_sha256=digest)
+
+    @classmethod
+    def model_names_weights(cls, config: PrompterConfig) -> bool:
+        return config.model.startswith((LOCAL_DIR, HF_HUB))
+
+    @classmethod
+    def portable_config(cls, config: PrompterConfig) -> PrompterConfig:
+        """A ``local-dir:`` folder by its name, a ``pretrained`` weights file by its file name."""
+        changes = {}
+        if config.model.startswith(LOCAL_DIR):
+            changes["model"] = LOCAL_DIR + local_name(config.model[len(LOCAL_DIR):])
+        pretrained = config.pretrained
+        if pretrained is not None and ("/" in pretrained or os.sep in pretrained or os.path.isfile(pretrained)):
+            changes["pretrained"] = local_name(pretrained)
+        return config.replace(**changes)
 
     @staticmethod
     def _check_aligned(preprocess_cfg: dict, model: str):

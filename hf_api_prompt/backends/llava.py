@@ -44,7 +44,7 @@ from PIL import Image
 
 from .. import masks
 from ..config import PrompterConfig
-from .base import Backend, BackendOutput, register_backend, sha256_file
+from .base import Backend, BackendOutput, local_name, register_backend, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -116,17 +116,19 @@ def square_box(size: Tuple[int, int], grid: Tuple[int, int]) -> Tuple[float, flo
 
 
 # ----------------------------------------------------------------------------- model files
-def _local_dir(model: str) -> Optional[Path]:
-    """The directory ``model`` names (``local-dir:`` prefix or an existing path), ``None`` for a Hub id."""
+def _local_path(model: str) -> Optional[Path]:
+    """The directory ``model`` names (``local-dir:`` prefix or a path), ``None`` for a Hub id; not checked."""
     if model.startswith(LOCAL_DIR):
-        path = Path(model[len(LOCAL_DIR):]).expanduser()
-    elif os.path.isdir(os.path.expanduser(model)):
-        path = Path(model).expanduser()
-    elif model.startswith(("/", ".", "~")) or model.count("/") > 1:  # a path, not "org/name"
-        path = Path(model).expanduser()
-    else:
-        return None
-    if not path.is_dir():
+        return Path(model[len(LOCAL_DIR):]).expanduser()
+    if os.path.isdir(os.path.expanduser(model)) or model.startswith(("/", ".", "~")) or model.count("/") > 1:
+        return Path(model).expanduser()  # a path, not "org/name"
+    return None
+
+
+def _local_dir(model: str) -> Optional[Path]:
+    """The existing directory ``model`` names, ``None`` for a Hub id."""
+    path = _local_path(model)
+    if path is not None and not path.is_dir():
         raise FileNotFoundError(f"model {model!r}: directory {path} does not exist")
     return path
 
@@ -429,6 +431,16 @@ class LlavaBackend(Backend):
         from datasets import Value
 
         return {config.answer_column: Value("string")} if config.answer_column is not None else {}
+
+    @classmethod
+    def model_names_weights(cls, config: PrompterConfig) -> bool:
+        return True  # a Hub id or a checkpoint folder; pretrained is always None
+
+    @classmethod
+    def portable_config(cls, config: PrompterConfig) -> PrompterConfig:
+        """A local checkpoint folder as ``local-dir:<folder name>``."""
+        path = _local_path(config.model)
+        return config if path is None else config.replace(model=LOCAL_DIR + local_name(str(path)))
 
     def __init__(self, config: PrompterConfig, device: torch.device):
         super().__init__(config, device)

@@ -15,7 +15,7 @@ from .benchmarks import Benchmark
 from ..sharded import CHUNKS_DIR, run_sharded, work_key
 from .build import build_variant, rows_to_mask
 from .hub import HubPublisher, RetryPolicy
-from .layout import write_variant
+from .layout import check_output_folder, write_variant
 from .sources import in_memory_source, load_source
 from .variants import variant_name
 
@@ -98,6 +98,8 @@ def publish_variant(
             f"the prompter reads ({config.image_column!r}, {config.question_column!r}) but the benchmark's columns are "
             f"({benchmark.image_column!r}, {benchmark.question_column!r})"
         )
+    if output_dir is not None:  # never overwrite files we did not write; checked before any compute
+        check_output_folder(output_dir, variant_name(config, first_rows=limit), computed=False)
     state = _process_state()
     publisher = None
     # The main process goes first: it creates the repo and fills the download cache,

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from .._version import __version__
+from ..backends.base import portable_config
 from ..prompter import ImagePrompter
 from .benchmarks import Benchmark
 from .sources import Source
@@ -96,7 +97,7 @@ def build_variant(
         num_rows=len(mapped),
         created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         library_version=__version__,
-        prompter=config.to_dict(),
+        prompter=portable_config(config).to_dict(),  # local weights by name and sha256, not by path
         source={
             "dataset": source.dataset_id,
             "revision": source.revision,

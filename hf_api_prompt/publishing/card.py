@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from .._version import __version__
-from .variants import VARIANTS_FILE, VariantIndex, VariantRecord
+from .variants import VARIANTS_FILE, VariantIndex, VariantRecord, random_weights
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,15 @@ API_CITATION = """@inproceedings{yu2024api,
   booktitle = {European Conference on Computer Vision (ECCV)},
   year      = {2024}
 }"""
+
+
+#: Written into every card (an HTML comment, invisible on the Hub): how a folder's README is known to be ours.
+CARD_MARKER = "<!-- hf_api_prompt: this card is rendered from api_variants.json -->"
+
+
+def is_our_card(text: str) -> bool:
+    """Whether a README's text is a card this library rendered (it carries :data:`CARD_MARKER`)."""
+    return CARD_MARKER in text
 
 
 def default_template_path() -> Path:
@@ -47,22 +56,19 @@ def _source_url(dataset_id: Optional[str], is_hub_source: bool) -> Optional[str]
     return f"https://huggingface.co/datasets/{dataset_id}" if dataset_id and is_hub_source else None
 
 
-def _display_model(model: str) -> str:
-    """A local model folder by its name only (the full path stays in ``api_variants.json``)."""
-    if model.startswith("local-dir:"):
-        return "local-dir:.../" + Path(model.split(":", 1)[1].rstrip("/\\")).name
-    return model
+def _weights(config) -> str:
+    if config.weights_sha256:
+        return f"sha256 `{config.weights_sha256[:12]}`"
+    if random_weights(config):
+        return "random"
+    return f"`{config.pretrained or config.model}`"
 
 
 def _row(record: VariantRecord) -> dict:
+    from ..backends.base import portable_config
+
     prompter, source = record.prompter, record.source
-    digest = prompter.get("weights_sha256")
-    if digest:
-        weights = f"sha256 `{digest[:12]}`"
-    elif prompter.get("pretrained") is None and not str(prompter.get("model", "")).startswith("hf-hub:"):
-        weights = "random"
-    else:
-        weights = f"`{prompter.get('pretrained') or prompter.get('model')}`"
+    config = portable_config(record.config)  # records of older versions may hold absolute paths
     other = []
     for key in ("max_new_tokens", "dtype"):
         if prompter.get(key) is not None:
@@ -73,10 +79,10 @@ def _row(record: VariantRecord) -> dict:
         "name": record.config_name,
         "tag": record.tag,
         "backend": prompter.get("backend"),
-        "model": _display_model(str(prompter.get("model"))),
-        "weights": weights,
+        "model": config.model,
+        "weights": _weights(config),
         "layer_index": prompter.get("layer_index"),
-        "enhance_coe": f"{prompter.get('enhance_coe'):g}",
+        "enhance_coe": repr(config.enhance_coe),  # exact: 5.000001 is not 5
         "kernel_size": prompter.get("kernel_size"),
         "interpolation": prompter.get("interpolation"),
         "grayscale": prompter.get("grayscale"),
@@ -171,7 +177,7 @@ def render_card(
     rows = [_row(r) for r in records]
     card_data = card_data_for(index, existing_card.data if existing_card is not None else None)
     columns = [r.columns for r in records]
-    return DatasetCard.from_template(
+    card = DatasetCard.from_template(
         card_data,
         template_path=str(template_path or default_template_path()),
         title=card_data.pretty_name,
@@ -187,7 +193,11 @@ def render_card(
         any_original=any(c.get("original_image") for c in columns),
         api_citation=API_CITATION,
         library_version=__version__,
+        card_marker=CARD_MARKER,
     )
+    if not is_our_card(card.text):
+        raise ValueError(f"the card template {template_path or default_template_path()} does not write {{{{ card_marker }}}}")
+    return card
 
 
 def check_card(card, index: VariantIndex, files: Iterable[str]) -> List[str]:

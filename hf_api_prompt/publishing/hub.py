@@ -321,9 +321,18 @@ def upload_folder(folder, repo_id: str, *, token: Optional[str] = None, private:
     """
     from pathlib import Path
 
-    from .layout import list_files, read_card, read_index
+    from .layout import folder_lock
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder} holds no variants (it is not a folder)")
+    with folder_lock(folder):  # no writer changes the folder while it is read and uploaded
+        return _upload_locked(folder, repo_id, token=token, private=private, retry=retry)
+
+
+def _upload_locked(folder, repo_id: str, *, token, private, retry) -> dict:
+    from .layout import list_files, read_card, read_index
+
     local = read_index(folder)
     if len(local) == 0:
         raise PublishError(f"{folder} holds no variants ({VARIANTS_FILE} is missing or empty)")

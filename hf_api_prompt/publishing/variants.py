@@ -35,7 +35,11 @@ PREVIEW_DIR = "previews"
 #: Config fields that say nothing about the method (where it ran, which columns it used).
 _NOT_IDENTITY = {"device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
                  "status_column", "answer_column"}
-_LOCAL_PREFIXES = ("local-dir:",)
+#: Config fields that ``variant_name`` spells out; any other identity field that differs from its default adds the hash.
+_READABLE = {"backend", "model", "pretrained", "layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale",
+             "geometry", "max_new_tokens"}
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PrompterConfig)}
+_LOCAL, _HUB = "local-dir:", "hf-hub:"
 
 
 def _slug(text: str) -> str:
@@ -48,13 +52,37 @@ def _lossless(text: str) -> bool:
 
 
 def _number(value: float) -> str:
-    text = f"{value:g}"
-    return text.replace(".", "p").replace("-", "m")
+    """An exact spelling of a float: its ``repr`` (the shortest text that reads back as the same float).
+
+    ``.`` becomes ``p``, ``-`` becomes ``m``, the ``+`` of an exponent and a trailing ``.0`` are dropped;
+    each step is reversible, so two floats never share a spelling.
+
+    >>> [_number(x) for x in (5.0, 5.000001, 2.5, 2.50000001, 1e-07, 1e16)]
+    ['5', '5p000001', '2p5', '2p50000001', '1em07', '1e16']
+    """
+    text = repr(float(value))
+    if text.endswith(".0"):
+        text = text[:-2]
+    return text.replace(".", "p").replace("-", "m").replace("+", "")
+
+
+def random_weights(config: PrompterConfig) -> bool:
+    """Whether ``config`` runs on random weights: no ``pretrained``, and a model id that does not name weights."""
+    from ..backends import get_backend
+
+    return config.pretrained is None and not get_backend(config.backend).model_names_weights(config)
 
 
 def identity(config: PrompterConfig) -> Dict[str, Any]:
-    """The fields of ``config`` that change the masks (everything but device, version and column names)."""
-    return {k: v for k, v in sorted(config.to_dict().items()) if k not in _NOT_IDENTITY}
+    """The fields of ``config`` that change the masks (everything but device, version and column names).
+
+    Local weights count by their file or folder name and ``weights_sha256``, not by
+    where they are (:func:`~hf_api_prompt.backends.base.portable_config`), so the
+    same weights give the same identity in every checkout.
+    """
+    from ..backends.base import portable_config
+
+    return {k: v for k, v in sorted(portable_config(config).to_dict().items()) if k not in _NOT_IDENTITY}
 
 
 def config_hash(config: PrompterConfig, length: int = 8) -> str:
@@ -64,53 +92,57 @@ def config_hash(config: PrompterConfig, length: int = 8) -> str:
 
 
 def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> str:
-    """Deterministic, readable config name for a parameter set.
+    """Deterministic, readable config name for a parameter set; two parameter sets never share one.
 
     ``{backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-t{max_new_tokens}][-h{hash}][-first{n}]``.
-    ``pretrained`` appears unless it is the backend's default for its default model;
-    ``geometry`` unless it is ``"paper"``. A hash of the full identity is appended
-    whenever the readable part cannot tell two parameter sets apart: local model
-    folders or weight files (identified by their sha256), names that lose
-    characters in the slug, ``on_error="passthrough"``, an explicit ``dtype``.
+    ``pretrained`` appears unless it is the backend's default for its default model
+    or the model id names the weights (``random`` for random weights); ``geometry``
+    unless it is ``"paper"``. ``coe`` is spelled exactly (see :func:`_number`). A
+    hash of the full :func:`identity` is appended whenever the readable part does
+    not spell out every identity field exactly: local model folders or weight files
+    (named by their folder or file name, identified by their sha256), names that
+    lose characters in the slug, ``on_error="passthrough"``, an explicit ``dtype``.
     ``first_rows`` marks a variant made of the first rows of the source only
     (``--limit``), so it never takes the name (and tag) of the whole benchmark's.
 
     Example:
         >>> cfg = PrompterConfig(backend="clip", model="local-dir:/tmp/m", pretrained=None, layer_index=2,
-        ...                      weights_sha256="ab" * 32)
+        ...                      weights_sha256="ab" * 64)
         >>> variant_name(cfg).startswith("clip-m-l2-e5-k3-lanczos-g0-h")
+        True
+        >>> variant_name(cfg) == variant_name(cfg.replace(model="local-dir:/elsewhere/m/"))  # same weights
         True
     """
     from ..backends import get_backend
+    from ..backends.base import portable_config
 
-    defaults = dict(get_backend(config.backend).defaults)
+    config = portable_config(config)
+    backend = get_backend(config.backend)
     parts = [_slug(config.backend)]
-    needs_hash = False
+    exact = _lossless(config.backend)
 
     model = config.model
-    if model.startswith(_LOCAL_PREFIXES):
-        parts.append(_slug(os.path.basename(model.split(":", 1)[1].rstrip("/\\"))) or "local")
-        needs_hash = True
-    elif model.startswith("hf-hub:"):
-        parts.append(_slug(model[len("hf-hub:"):]))
-        needs_hash = True  # "org/name" -> "org-name" is lossy
+    if model.startswith(_LOCAL):
+        parts.append(_slug(model[len(_LOCAL):]) or "local")
+        exact = False  # the prefix is dropped; weights_sha256 identifies the weights
+    elif model.startswith(_HUB):
+        parts.append(_slug(model[len(_HUB):]))
+        exact = False  # "org/name" -> "org-name" is lossy
     else:
         parts.append(_slug(model))
-        needs_hash |= not _lossless(model)
+        exact &= _lossless(model)
 
     pretrained = config.pretrained
-    default_weights = model == defaults.get("model") and pretrained == defaults.get("pretrained")
-    if model.startswith(_LOCAL_PREFIXES) or model.startswith("hf-hub:"):
-        pass  # the model id (or its weights hash) already names the weights
-    elif pretrained is None:
+    if backend.model_names_weights(config):
+        exact &= pretrained is None  # a pretrained the loader ignores still counts, through the hash
+    elif random_weights(config):
         parts.append("random")
-    elif not default_weights:
-        if os.path.sep in pretrained or os.path.isfile(pretrained):
-            parts.append(_slug(os.path.splitext(os.path.basename(pretrained))[0]) or "weights")
-            needs_hash = True
+    elif (model, pretrained) != (backend.defaults.get("model"), backend.defaults.get("pretrained")):
+        if config.weights_sha256 is not None:  # a weights file, by its name (its sha256 is in the hash)
+            parts.append(_slug(os.path.splitext(pretrained)[0]) or "weights")
         else:
             parts.append(_slug(pretrained))
-            needs_hash |= not _lossless(pretrained)
+            exact &= _lossless(pretrained) and _slug(pretrained) != "random"
 
     parts += [
         f"l{config.layer_index}",
@@ -123,8 +155,8 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
         parts.append(config.geometry)
     if config.max_new_tokens is not None:
         parts.append(f"t{config.max_new_tokens}")
-    needs_hash |= config.on_error != "raise" or config.dtype is not None
-    if needs_hash:
+    unspelled = {k: v for k, v in identity(config).items() if k not in _READABLE and v != _FIELD_DEFAULTS[k]}
+    if unspelled or not exact:
         parts.append("h" + config_hash(config))
     if first_rows is not None:
         parts.append(f"first{first_rows}")
@@ -156,7 +188,8 @@ class VariantRecord:
         num_rows: rows in that split.
         created: UTC date and time of the run (ISO 8601).
         library_version: ``hf_api_prompt`` version that made it.
-        prompter: the full ``PrompterConfig`` (backend, model, weights id and sha256, every parameter).
+        prompter: the full ``PrompterConfig`` (backend, model, weights id and sha256, every parameter), local
+            weights by their folder or file name and sha256, never by their path (``portable_config``).
         source: ``dataset`` id, ``revision`` (Hub commit sha or content fingerprint), ``split``,
             ``benchmark`` preset, ``license``, ``image_column``, ``question_column``.
         columns: ``image`` (masked image, in the source's image column), ``heatmap``,

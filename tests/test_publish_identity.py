@@ -1,0 +1,259 @@
+"""Publishing never loses or mislabels a variant: unique names, names independent of the checkout, honest
+weights labels, and no file we did not write is ever overwritten."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from hf_api_prompt import ImagePrompter, PrompterConfig
+from hf_api_prompt.publishing import custom_benchmark, publish_variant, render_card, variant_name
+from hf_api_prompt.publishing.layout import read_card, read_index, write_variant
+from hf_api_prompt.publishing.variants import VariantIndex
+from hf_api_prompt.sharded import run_sharded, work_key
+
+from conftest import make_local_clip
+from publish_fixtures import make_mmvet_like, tiny_built_variant
+
+PAPER = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
+
+
+# ------------------------------------------------------------------ 1. unique names
+
+
+#: One change of each identity field of PAPER (and close floats), each giving another parameter set.
+ONE_FIELD_CHANGES = [
+    dict(enhance_coe=5.000001),
+    dict(enhance_coe=2.5),
+    dict(enhance_coe=2.50000001),
+    dict(enhance_coe=1e-07),
+    dict(enhance_coe=1.0000000000000002),  # the next float after 1.0
+    dict(enhance_coe=1.0),
+    dict(layer_index=21),
+    dict(kernel_size=5),
+    dict(interpolation="bicubic"),
+    dict(grayscale=1),
+    dict(geometry="aligned"),
+    dict(pretrained="laion2b_s32b_b82k"),
+    dict(pretrained=None),
+    dict(model="ViT-B-16"),
+    dict(model="ViT-B-16", pretrained=None),
+    dict(on_error="passthrough"),
+    dict(dtype="float16"),
+    dict(dtype="bfloat16"),
+    dict(max_new_tokens=7),
+    dict(pretrained="/weights/a.pt", weights_sha256="1" * 64),
+    dict(pretrained="/weights/a.pt", weights_sha256="2" * 64),
+]
+
+
+def test_every_one_field_change_gives_another_name():
+    configs = [PAPER] + [PAPER.replace(**change) for change in ONE_FIELD_CHANGES]
+    assert len({c for c in configs}) == len(configs)  # the parameter sets themselves all differ
+    names = [variant_name(c) for c in configs]
+    clashes = {n: [c for c, m in zip([{}] + ONE_FIELD_CHANGES, names) if m == n] for n in names if names.count(n) > 1}
+    assert not clashes, clashes
+    assert all(re.fullmatch(r"[a-z0-9-]+", n) for n in names)
+
+
+@pytest.mark.parametrize("coe, spelled", [(5.000001, "e5p000001"), (5.0, "e5"), (2.5, "e2p5"), (2.50000001, "e2p50000001")])
+def test_enhance_coe_is_spelled_exactly(coe, spelled):
+    # repr() is the shortest text that reads back as the same float; "." -> "p".
+    assert variant_name(PAPER.replace(enhance_coe=coe)) == f"clip-vit-l-14-336-l22-{spelled}-k3-lanczos-g0"
+
+
+def test_every_identity_field_changes_the_name():
+    """Each field of PrompterConfig that is not a column name, the device or the version changes the name."""
+    import dataclasses
+
+    not_identity = {"device", "library_version", "image_column", "question_column", "masked_image_column",
+                    "heatmap_column", "status_column", "answer_column"}
+    changed = {f for change in ONE_FIELD_CHANGES for f in change}
+    fields = {f.name for f in dataclasses.fields(PrompterConfig)} - not_identity
+    assert fields <= changed | {"backend"}, fields - changed  # ONE_FIELD_CHANGES covers every identity field
+    assert variant_name(PAPER.replace(backend="llava", pretrained=None)) != variant_name(PAPER.replace(pretrained=None))
+
+
+def test_open_clip_names_never_collide():
+    """Names without a hash spell model and tag up to case and -/_/.: no two open_clip (model, tag) pairs meet there."""
+    import open_clip
+
+    pairs = [(m, t) for m, t in open_clip.list_pretrained()] + [(m, None) for m in open_clip.list_models()]
+    names = [variant_name(PrompterConfig(backend="clip", model=m, pretrained=t, layer_index=0)) for m, t in pairs]
+    assert len(set(names)) == len(set(pairs))
+
+
+def test_close_floats_are_two_variants_in_one_folder(tmp_path):
+    """enhance_coe 5 and 5.000001 used to share a name: the second write replaced the first's record."""
+    for config in (PAPER, PAPER.replace(enhance_coe=5.000001), PAPER.replace(enhance_coe=2.5),
+                   PAPER.replace(enhance_coe=2.50000001)):
+        write_variant(tmp_path, tiny_built_variant(config))
+    index = read_index(tmp_path)
+    assert sorted(index[n].prompter["enhance_coe"] for n in index.names()) == [2.5, 2.50000001, 5.0, 5.000001]
+    table = [line for line in read_card(tmp_path).text.splitlines() if line.startswith("| `")]
+    assert len(table) == 4
+    assert sorted(line.split(" | ")[6] for line in table) == ["2.5", "2.50000001", "5.0", "5.000001"]  # coe column
+
+
+# ------------------------------------------------------------------ 2. names do not depend on the checkout
+
+
+@pytest.fixture()
+def two_checkouts(tmp_path, tiny_clip):
+    """The same tiny CLIP folder at two different places (same folder name)."""
+    source = tiny_clip.split(":", 1)[1]
+    copies = [tmp_path / "checkout_a" / "models" / "my-clip", tmp_path / "elsewhere" / "b" / "my-clip"]
+    for copy in copies:
+        shutil.copytree(source, copy)
+    return copies
+
+
+def test_same_weights_in_two_checkouts_share_name_and_chunks(tmp_path, two_checkouts):
+    prompters = [ImagePrompter("clip", model=f"local-dir:{copy}", layer_index=1) for copy in two_checkouts]
+    rows = make_mmvet_like(2)
+    assert variant_name(prompters[0].config) == variant_name(prompters[1].config)
+    assert work_key(prompters[0], rows, 2) == work_key(prompters[1], rows, 2)
+    work = tmp_path / "chunks"
+    first, summary_a = run_sharded(prompters[0], rows, work, chunk_size=1)
+    again, summary_b = run_sharded(prompters[1], rows, work, chunk_size=1)
+    assert (summary_a.computed_chunks, summary_b.computed_chunks, summary_b.reused_chunks) == (2, 0, 2)
+    assert again["heatmap"] == first["heatmap"]
+
+
+def test_other_weights_in_a_folder_of_the_same_name_get_another_name(tmp_path, two_checkouts):
+    other = make_local_clip(tmp_path / "third" / "my-clip", seed=1)
+    same = ImagePrompter("clip", model=f"local-dir:{two_checkouts[0]}", layer_index=1).config
+    assert variant_name(ImagePrompter("clip", model=other, layer_index=1).config) != variant_name(same)
+
+
+def test_records_and_card_hold_no_absolute_model_path(tmp_path, two_checkouts):
+    folder = tmp_path / "out"
+    names = []
+    for copy in two_checkouts:
+        prompter = ImagePrompter("clip", model=f"local-dir:{copy}", layer_index=1)
+        names.append(publish_variant(prompter, custom_benchmark("in-memory", "test"), output_dir=folder,
+                                     dataset=make_mmvet_like(1), preview_rows=0)["config_name"])
+    assert names[0] == names[1]
+    records = (folder / "api_variants.json").read_text()
+    card = (folder / "README.md").read_text()
+    for text in (records, card):
+        for copy in two_checkouts:
+            assert str(copy.parent) not in text
+        assert str(tmp_path / "checkout_a") not in text and str(tmp_path / "elsewhere") not in text
+    prompter = json.loads(records)["variants"][names[0]]["prompter"]
+    assert prompter["model"] == "local-dir:my-clip" and len(prompter["weights_sha256"]) == 64
+    assert "`local-dir:my-clip`" in card and f"sha256 `{prompter['weights_sha256'][:12]}`" in card
+
+
+def test_weight_files_and_llava_folders_count_by_name_and_sha256():
+    a = PAPER.replace(model="ViT-B-16", pretrained="/one/place/w.pt", weights_sha256="c" * 64)
+    assert variant_name(a) == variant_name(a.replace(pretrained="/other/place/w.pt"))
+    assert variant_name(a) != variant_name(a.replace(weights_sha256="d" * 64))
+    llava = PrompterConfig(backend="llava", model="/one/place/my-llava", pretrained=None, layer_index=1,
+                           max_new_tokens=5, weights_sha256="e" * 64)
+    assert variant_name(llava) == variant_name(llava.replace(model="/other/my-llava/"))
+    assert variant_name(llava).startswith("llava-my-llava-l1-e5-k3-lanczos-g0-t5-h")
+
+
+def test_local_weights_without_their_sha256_are_refused():
+    with pytest.raises(ValueError, match="weights_sha256 is not set"):
+        variant_name(PAPER.replace(model="local-dir:/somewhere/m", pretrained=None))
+
+
+# ------------------------------------------------------------------ 3. weights labels
+
+
+def test_llava_hub_variant_is_not_called_random():
+    config = ImagePrompter("llava").config  # validated offline: nothing is downloaded or loaded
+    name = variant_name(config)
+    assert "random" not in name.split("-")
+    assert re.fullmatch(r"llava-llava-hf-llava-1-5-13b-hf-l20-e5-k3-lanczos-g0-t20-h[0-9a-f]{8}", name), name
+    card = render_card(VariantIndex().upsert(tiny_built_variant(config).record), load_path="x", is_hub=True)
+    row = next(line for line in card.text.splitlines() if line.startswith(f"| `{name}`"))
+    cells = [c.strip() for c in row.split(" | ")]
+    assert cells[3:5] == ["`llava-hf/llava-1.5-13b-hf`", "`llava-hf/llava-1.5-13b-hf`"]  # model, weights
+    assert "random" not in row
+
+
+def test_clip_without_weights_is_still_called_random():
+    config = PAPER.replace(model="ViT-B-16", pretrained=None, layer_index=10)
+    assert "-random-" in variant_name(config)
+    card = render_card(VariantIndex().upsert(tiny_built_variant(config).record), load_path="x", is_hub=True)
+    row = next(line for line in card.text.splitlines() if line.startswith(f"| `{variant_name(config)}`"))
+    assert [c.strip() for c in row.split(" | ")][4] == "random"
+
+
+# ------------------------------------------------------------------ 5. never overwrite files we did not write
+
+
+USER_README = b"# My project\n\nNotes I wrote myself.\n\xe2\x9c\x93\n"
+
+
+def _refuse_compute(*args, **kwargs):
+    raise AssertionError("masks were computed although the output folder was refused")
+
+
+def test_a_user_readme_stops_publishing_before_any_compute(tmp_path, monkeypatch, tiny_clip):
+    import hf_api_prompt.publishing.api as api
+
+    (tmp_path / "README.md").write_bytes(USER_README)
+    (tmp_path / "code.py").write_text("print('mine')\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(api, "run_sharded", _refuse_compute)
+    prompter = ImagePrompter("clip", model=tiny_clip, layer_index=1)
+    with pytest.raises(ValueError, match=r"README\.md is not a card written by hf_api_prompt.*Nothing was computed or written"):
+        publish_variant(prompter, custom_benchmark("in-memory", "test"), output_dir=tmp_path, dataset=make_mmvet_like(1))
+    assert (tmp_path / "README.md").read_bytes() == USER_README
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_run_into_a_project_folder_refuses(tmp_path, monkeypatch, capsys):
+    from hf_api_prompt.cli import main
+
+    (tmp_path / "README.md").write_bytes(USER_README)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--output-dir", ".", "--limit", "1"])
+    assert exit_info.value.code == 2
+    assert "README.md is not a card written by hf_api_prompt" in capsys.readouterr().err
+    assert (tmp_path / "README.md").read_bytes() == USER_README
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+
+
+@pytest.mark.parametrize("foreign", ["README.md", "config folder", "preview", "api_variants.json"])
+def test_write_variant_refuses_foreign_files(tmp_path, foreign):
+    built = tiny_built_variant(PAPER)
+    name = built.config_name
+    path = {"README.md": tmp_path / "README.md", "config folder": tmp_path / name / "test-00000-of-00001.parquet",
+            "preview": tmp_path / "previews" / f"{name}.png", "api_variants.json": tmp_path / "api_variants.json"}[foreign]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(USER_README)
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="refusing to write .*Nothing was written") as error:
+        write_variant(tmp_path, built)
+    assert str(path.relative_to(tmp_path).parts[0]) in str(error.value)
+    assert path.read_bytes() == USER_README
+    # Only the empty lock file may appear (a variant's own files are checked under the lock).
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.name != ".api_lock") == files
+    assert not (tmp_path / ".api_lock").exists() or (tmp_path / ".api_lock").stat().st_size == 0
+
+
+def test_foreign_readme_beside_our_records_is_refused(tmp_path):
+    """api_variants.json alone does not make a README ours: it must carry the card's marker."""
+    write_variant(tmp_path, tiny_built_variant(PAPER))
+    (tmp_path / "README.md").write_bytes(USER_README)
+    with pytest.raises(ValueError, match="lacks the card's marker"):
+        write_variant(tmp_path, tiny_built_variant(PAPER.replace(grayscale=9)))
+    assert (tmp_path / "README.md").read_bytes() == USER_README
+
+
+def test_empty_and_own_folders_are_written(tmp_path):
+    (tmp_path / "unrelated.txt").write_text("kept")  # files we would not overwrite do not matter
+    first = tiny_built_variant(PAPER)
+    write_variant(tmp_path, first)
+    write_variant(tmp_path, first)  # the same variant again: ours, replaced
+    write_variant(tmp_path, tiny_built_variant(PAPER.replace(grayscale=9)))
+    assert len(read_index(tmp_path)) == 2 and (tmp_path / "unrelated.txt").read_text() == "kept"
+    write_variant(tmp_path / "new" / "folder", first)
+    assert read_index(tmp_path / "new" / "folder").names() == [first.config_name]
