@@ -272,8 +272,9 @@ def test_cli_needs_a_destination(capsys):
 # ------------------------------------------------------------------ lmms-eval export (local folder)
 
 
-def test_lmms_eval_export_of_a_local_folder_loads_in_lmms_eval(tmp_path, tiny_clip, source_dir):
+def test_lmms_eval_export_of_a_local_folder_loads_in_lmms_eval(tmp_path, tiny_clip, source_dir, monkeypatch):
     pytest.importorskip("lmms_eval", reason="lmms-eval is the 'eval' extra")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unused")  # MM-Vet's utils make their GPT judge's client on import; nothing is sent
     from datasets import load_from_disk
     from lmms_eval.tasks import TaskManager, get_task_dict
 

@@ -227,11 +227,13 @@ def check_lmms_eval_task_from_the_hub(hub, tiny_clip, source_dir, tmp_path):
 
     manager = TaskManager(include_path=str(tmp_path / "api_tasks"))
     assert task in manager.all_tasks
-    config = manager._get_config(task)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENAI_API_KEY", "sk-unused")  # MM-Vet's utils make their GPT judge's client on import; nothing is sent
+        config = manager._get_config(task)
+        loaded = get_task_dict([task], manager)[task]
     assert (config["dataset_path"], config["dataset_name"]) == (repo, result["config_name"])
     assert config["dataset_kwargs"]["revision"] == result["revision"]
     assert config["test_split"] == "test" and "tag" not in config and "group" not in config
-    loaded = get_task_dict([task], manager)[task]
     docs = loaded.test_docs()
     source, expected = _expected(tiny_clip, source_dir)
     assert [d["question_id"] for d in docs] == source["question_id"]

@@ -1,15 +1,18 @@
 """Benchmark presets: where a benchmark lives and which columns its lmms-eval task reads.
 
 The presets are data (``benchmarks.json`` beside this file), not code: each names
-the Hub dataset, split, image and question columns, license, citation and the
-lmms-eval base task, as lmms-eval 0.7.3's task YAMLs read them. Any other
-dataset works by naming its columns (:func:`custom_benchmark`).
+the Hub dataset, split, image and question columns, license, citation, the
+lmms-eval base task, as lmms-eval 0.7.3's task YAMLs read them, and whether that
+task's metric needs an LLM judge. Any other dataset works by naming its columns
+(:func:`custom_benchmark`).
 
 Example:
     >>> get_benchmark("mmvet").dataset_id, get_benchmark("mmvet").lmms_eval_task
     ('lmms-lab-encoder/MMVet', 'mmvet')
     >>> "textvqa" in available_benchmarks()
     True
+    >>> task_judge("mmvet"), task_judge("mme")
+    ('gpt', None)
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Benchmark:
         image_column, question_column: the columns the benchmark's task reads.
         license: license id of the source (the variant inherits it).
         lmms_eval_task: name of lmms-eval's task for the source, if it has one.
+        judge: the LLM judge that task's metric calls, or ``None`` for a local metric.
+            ``"gpt"``: lmms-eval's OpenAI judge (``OPENAI_API_KEY``, network; MM-Vet, LLaVA-Bench).
         pretty_name, homepage, citation, note: for the dataset card.
     """
 
@@ -44,6 +49,7 @@ class Benchmark:
     question_column: str = "question"
     license: str = "other"
     lmms_eval_task: Optional[str] = None
+    judge: Optional[str] = None
     pretty_name: str = ""
     homepage: Optional[str] = None
     citation: Optional[str] = None
@@ -86,6 +92,14 @@ def get_benchmark(name: str) -> Benchmark:
         if key == preset.name or key in (_normalise(a) for a in preset.aliases):
             return preset
     raise ValueError(f"unknown benchmark {name!r}; presets: {available_benchmarks()} (or pass --dataset and its columns)")
+
+
+def task_judge(lmms_eval_task: Optional[str]) -> Optional[str]:
+    """The judge of the preset whose lmms-eval task is ``lmms_eval_task`` (``None``: local metric or not a preset)."""
+    for preset in _presets().values():
+        if lmms_eval_task is not None and preset.lmms_eval_task == lmms_eval_task:
+            return preset.judge
+    return None
 
 
 def custom_benchmark(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from .._version import __version__
+from .lmms_export import judge_note
 from .variants import VARIANTS_FILE, VariantIndex, VariantRecord, random_weights
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def _row(record: VariantRecord) -> dict:
         "license": source.get("license") or "other",
         "preview": record.preview,
         "lmms_task": (record.lmms_eval or {}).get("task"),
+        "judge_note": judge_note((record.lmms_eval or {}).get("base_task")),
     }
 
 

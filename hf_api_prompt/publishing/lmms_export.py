@@ -8,17 +8,24 @@ task's module (``!function lmms_eval.tasks.mmvet.utils.f``), which lmms-eval
 imports by name, so the folder needs nothing else and works on any machine with
 lmms-eval installed::
 
-    lmms-eval --model llava_hf --include_path ./api_tasks --tasks mmvet_api_<variant>
+    lmms-eval --model llava_hf --model_args pretrained=llava-hf/llava-1.5-7b-hf,device_map=auto \
+        --include_path ./api_tasks --tasks mme_api_<variant> --output_path ./results
+
+Tasks whose metric calls an LLM judge (``judge`` in ``benchmarks.json``: MM-Vet,
+LLaVA-Bench) are exported with a note in the YAML header, and with a warning when
+the judge's key is not set, since lmms-eval's own error then hides the cause.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .benchmarks import task_judge
 from .variants import VariantRecord, lmms_eval_task_name
 
 logger = logging.getLogger(__name__)
@@ -27,6 +34,41 @@ _INSTALL_HINT = "exporting lmms-eval tasks needs lmms-eval: pip install 'hf_api_
 #: Keys of the base task that would attach the variant to the base task's groups and tags.
 _DROPPED_KEYS = ("include", "group", "tag", "task_alias", "group_alias")
 _SPLIT_KEYS = ("training_split", "validation_split", "fewshot_split")
+
+
+#: The environment variable each judge of ``benchmarks.json`` reads (lmms-eval 0.7.3's ``llm_judge``, ``API_TYPE=openai``).
+JUDGE_KEYS = {"gpt": "OPENAI_API_KEY"}
+
+
+def judge_note(base_task: Optional[str]) -> Optional[str]:
+    """What lmms-eval needs to score ``base_task``, if its metric calls an LLM judge; ``None`` for a local metric.
+
+    >>> judge_note("mme") is None
+    True
+    >>> "OPENAI_API_KEY" in judge_note("mmvet")
+    True
+    """
+    judge = task_judge(base_task)
+    if judge is None:
+        return None
+    key = JUDGE_KEYS[judge]
+    return (
+        f"lmms-eval task {base_task!r} is scored by a {judge.upper()} judge: lmms-eval sends every answer to the "
+        f"OpenAI API, which needs {key} and the network. Without {key}, lmms-eval stops with a misleading "
+        "\"Failed to import function\" error (MM-Vet) or reports the scores of failed reviews (LLaVA-Bench)."
+    )
+
+
+def missing_judge_key(base_task: Optional[str]) -> Optional[str]:
+    """The environment variable that scoring ``base_task`` needs and that is not set, else ``None``.
+
+    ``None`` too when lmms-eval's ``API_TYPE`` picks a judge server other than OpenAI's (its own keys apply).
+    """
+    judge = task_judge(base_task)
+    if judge is None or os.environ.get("API_TYPE", "openai").lower() != "openai":
+        return None
+    key = JUDGE_KEYS[judge]
+    return None if os.environ.get(key) else key
 
 
 class FunctionRef(str):
@@ -166,11 +208,18 @@ def export_lmms_eval(
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     path = output / f"{config['task']}.yaml"
+    base = base_task or (record.lmms_eval or {}).get("base_task")
     header = (
         f"# API variant {record.config_name} of {record.source.get('dataset')}, derived from lmms-eval task "
-        f"{base_task or (record.lmms_eval or {}).get('base_task')!r} by hf_api_prompt {record.library_version}.\n"
+        f"{base!r} by hf_api_prompt {record.library_version}.\n"
         "# Only dataset_path, dataset_name, dataset_kwargs.revision and the split differ from the base task.\n"
     )
+    note = judge_note(base)
+    if note:
+        header += f"# {note}\n"
+        missing = missing_judge_key(base)
+        if missing:
+            logger.warning("%s is not set. %s", missing, note)
     path.write_text(header + dump_task_yaml(config), encoding="utf-8")
     logger.info("wrote lmms-eval task %s to %s", config["task"], path)
     return path
