@@ -9,6 +9,29 @@ GOLDEN = Path(os.environ.get("HF_API_PROMPT_GOLDEN", ROOT / "tests" / "fixtures"
 GOLDEN_MODEL = "local-dir:" + str(GOLDEN / "model")
 
 
+@pytest.fixture
+def backend_loads(monkeypatch, tmp_path):
+    """Record each ClipBackend construction, in num_proc workers too: read() gives ``[(pid, torch threads), ...]``."""
+    import torch
+
+    from hf_api_prompt.backends.clip import ClipBackend
+
+    log = tmp_path / "backend_loads.txt"
+    original = ClipBackend.__init__
+
+    def recording_init(self, *args, **kwargs):
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()} {torch.get_num_threads()}\n")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClipBackend, "__init__", recording_init)
+
+    def read():
+        return [tuple(map(int, line.split())) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return read
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not GOLDEN.is_dir():

@@ -42,22 +42,9 @@ def images():
 
 
 @pytest.fixture
-def loads(monkeypatch, tmp_path):
-    """Record each ClipBackend construction (the pid, one line each), in workers too."""
-    log = tmp_path / "backend_loads.txt"
-    original = ClipBackend.__init__
-
-    def counting_init(self, *args, **kwargs):
-        with open(log, "a") as handle:
-            handle.write(f"{os.getpid()}\n")
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ClipBackend, "__init__", counting_init)
-
-    def read():
-        return [int(line) for line in log.read_text().split()] if log.exists() else []
-
-    return read
+def loads(backend_loads):
+    """The pid of each ClipBackend construction, in workers too."""
+    return lambda: [pid for pid, _ in backend_loads()]
 
 
 def heatmaps(dataset, column="heatmap") -> np.ndarray:

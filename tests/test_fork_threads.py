@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from hf_api_prompt import ImagePrompter, prompter as prompter_module
-from hf_api_prompt.backends.clip import ClipBackend
 
 PARENT_THREADS = 2
 
@@ -99,23 +98,14 @@ def test_user_multiprocessing_fork_keeps_parent_thread_count(tiny_clip, two_thre
     assert threads == PARENT_THREADS, "a child the user forked had its torch thread count changed"
 
 
-def test_num_proc_workers_use_one_thread_and_the_parent_keeps_its_own(tiny_clip, two_threads, monkeypatch, tmp_path):
+def test_num_proc_workers_use_one_thread_and_the_parent_keeps_its_own(tiny_clip, two_threads, backend_loads):
     from test_datasets_integration import hang_guard, make_dataset
 
-    log = tmp_path / "threads.txt"
-    original = ClipBackend.__init__
-
-    def recording_init(self, *args, **kwargs):
-        with open(log, "a") as handle:
-            handle.write(f"{os.getpid()} {torch.get_num_threads()}\n")
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ClipBackend, "__init__", recording_init)
     ds = make_dataset(rows=4)
     ImagePrompter("clip", model=tiny_clip, layer_index=1).map(ds, batch_size=2)  # parallel regions in the parent
     with hang_guard():
         ImagePrompter("clip", model=tiny_clip, layer_index=1).map(ds, batch_size=2, num_proc=2)
-    records = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    records = backend_loads()
     assert records[0] == (os.getpid(), PARENT_THREADS)
     workers = records[1:]
     assert len(workers) == 2 and os.getpid() not in {pid for pid, _ in workers}

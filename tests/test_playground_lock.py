@@ -8,7 +8,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from hf_api_prompt import ImagePrompter
