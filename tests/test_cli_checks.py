@@ -199,8 +199,11 @@ def test_bad_numbers_on_the_command_line(tmp_path, capsys, no_model, flag, value
 # ----------------------------------------------------------------------------- Ctrl-C
 
 # The CLI with a model slowed to about half a second per call, so the test can interrupt between chunks.
+# SIGINT gets Python's own handler: a child of a shell's background job starts with SIGINT ignored
+# (as CI may run this suite), and a terminal's Ctrl-C is what the test stands for.
 SLOW_CLI = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from hf_api_prompt.backends.clip import ClipBackend
 real_call = ClipBackend.__call__
 def slow_call(self, images, questions):
