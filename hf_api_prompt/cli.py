@@ -109,8 +109,9 @@ class StepFailed(Exception):
     """A download, connection or disk failure in a named step of a command.
 
     ``chain`` is the error and its causes, innermost last; at least one is an
-    ``OSError`` (huggingface_hub's and requests' errors are; open_clip wraps a
-    failed weights download in a ``RuntimeError``).
+    ``OSError`` or an HTTP client's transport error (huggingface_hub's errors are
+    ``OSError``s, httpx's connection errors are not; open_clip wraps a failed
+    weights download in a ``RuntimeError``).
     """
 
     def __init__(self, step: str, chain: Sequence[BaseException]):
@@ -153,7 +154,7 @@ def _causes(error: BaseException) -> list:
 
 @contextlib.contextmanager
 def _step(step: str):
-    """Turn a failure with an ``OSError`` in its chain into :class:`StepFailed` naming ``step``."""
+    """Turn a failure with an ``OSError`` or a transport error in its chain into :class:`StepFailed` naming ``step``."""
     from .publishing import PublishError
 
     try:
@@ -162,7 +163,7 @@ def _step(step: str):
         raise
     except Exception as error:
         chain = _causes(error)
-        if not any(isinstance(link, OSError) for link in chain):
+        if not any(isinstance(link, OSError) or _retryable(link) for link in chain):
             raise  # a bug: keep the traceback
         raise StepFailed(step, chain) from error
 

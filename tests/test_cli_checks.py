@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,6 +159,29 @@ def test_model_that_cannot_be_downloaded_is_one_line(tmp_path, capsys, offline_h
     assert "offline mode is enabled" in line
     assert line.endswith("; nothing was published; the same command can be run again to retry")
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_unreachable_hub_endpoint_is_one_line(tmp_path):
+    """A Hub that refuses connections (a closed port on loopback): one line, exit 2, no traceback.
+
+    huggingface_hub reads HF_ENDPOINT at import, hence the subprocess. The
+    connection error is an httpx error, not an OSError: it used to end in a traceback.
+    """
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf-home"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_DATASETS_CACHE", "HF_HUB_CACHE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "hf_api_prompt", "run", "--dataset", "hf-api-prompt-test/absent",
+                           "--output-dir", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("hf-api-prompt: error: masking 'hf-api-prompt-test/absent' ") and "ConnectError" in line, line
+    assert line.endswith("; nothing was published; the same command can be run again to retry"), line
 
 
 def test_weights_that_cannot_be_downloaded_are_one_line(tmp_path, capsys, offline_hub, tiny_clip):
