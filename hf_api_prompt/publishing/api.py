@@ -98,8 +98,9 @@ def publish_variant(
             f"the prompter reads ({config.image_column!r}, {config.question_column!r}) but the benchmark's columns are "
             f"({benchmark.image_column!r}, {benchmark.question_column!r})"
         )
+    name = variant_name(config, first_rows=limit)
     if output_dir is not None:  # never overwrite files we did not write; checked before any compute
-        check_output_folder(output_dir, variant_name(config, first_rows=limit), computed=False)
+        check_output_folder(output_dir, name, computed=False)
     state = _process_state()
     publisher = None
     # The main process goes first: it creates the repo and fills the download cache,
@@ -107,7 +108,7 @@ def publish_variant(
     with state.main_process_first():
         if repo_id is not None:
             publisher = HubPublisher(repo_id, token=token, private=private, retry=retry)
-            publisher.preflight(variant_name(config, first_rows=limit))  # before any compute
+            publisher.preflight(name)  # before any compute
         source = in_memory_source(dataset, benchmark) if dataset is not None else load_source(benchmark, revision=revision, token=token)
     rows = rows_to_mask(prompter, source, limit)
     _check_rows(prompter, rows, source, benchmark)
