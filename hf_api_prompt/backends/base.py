@@ -37,20 +37,24 @@ def get_backend(name: str) -> Type["Backend"]:
         raise ValueError(f"unknown backend {name!r}; available: {available_backends()}") from None
 
 
+Box = Tuple[float, float, float, float]
+
+
 @dataclasses.dataclass
-class BackendOutput:
-    """What a backend returns for a batch.
+class RawMaps:
+    """What the maps stage of a backend returns for a batch (docs/method.md, "Three stages").
 
     Attributes:
-        masks: float32 ``[B, gh, gw]`` final grid masks in [0, 1], row 0 at the top.
-        boxes: per image, the grid-coordinate box that the whole image maps to
-            under ``geometry="aligned"``.
+        layers: ``{layer_index: {map name: float32 [B, gh, gw] tensor}}`` for every
+            requested layer, with the names of :attr:`Backend.map_names` (row 0 at the top).
+        boxes: per image, the grid-coordinate box that the whole image maps to under
+            ``geometry="aligned"``, or ``None`` where the backend's preprocessing has none.
         extra_columns: backend-specific per-row outputs (e.g. an answer), exactly the
             columns that :meth:`Backend.extra_features` declares.
     """
 
-    masks: np.ndarray
-    boxes: List[Tuple[float, float, float, float]]
+    layers: Dict[int, Dict[str, torch.Tensor]]
+    boxes: List[Optional[Box]]
     extra_columns: Dict[str, list] = dataclasses.field(default_factory=dict)
 
 
@@ -109,6 +113,8 @@ class Backend:
     name: ClassVar[str]
     #: paper defaults for ``model``, ``pretrained`` and ``layer_index``.
     defaults: ClassVar[dict]
+    #: the raw maps the maps stage returns per layer, in order (the keys :meth:`recipe` reads).
+    map_names: ClassVar[Tuple[str, ...]]
 
     def __init__(self, config: PrompterConfig, device: torch.device):
         self.config = config
@@ -154,5 +160,11 @@ class Backend:
         """
         return {}
 
-    def __call__(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BackendOutput:
+    @classmethod
+    def recipe(cls, maps: Dict[str, torch.Tensor], enhance_coe: float, kernel_size: int) -> torch.Tensor:
+        """Stage 2 (pure): one layer's raw maps ``{name: [B, gh, gw]}`` -> the grid masks ``[B, gh, gw]`` in [0, 1]."""
+        raise NotImplementedError
+
+    def maps(self, images: Sequence[Image.Image], questions: Sequence[str], layers: Sequence[int]) -> RawMaps:
+        """Stage 1: the raw maps of every layer in ``layers`` from ONE forward pass over the batch."""
         raise NotImplementedError
