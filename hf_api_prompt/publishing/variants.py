@@ -163,6 +163,26 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     return "-".join(p for p in parts if p)
 
 
+def maps_variant_name(maps_prompter, first_rows: Optional[int] = None) -> str:
+    """The config name of a maps dataset: the variant name with ``-maps-l{a}-{b}-...`` for its recipe and prompt.
+
+    The layers are spelled, the recipe and prompt are left open (they are chosen when remasking).
+
+    Example:
+        >>> from hf_api_prompt.stages import MapsPrompter
+        >>> paper = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
+        >>> maps_variant_name(MapsPrompter(paper, [20, 21, 22]))
+        'clip-vit-l-14-336-maps-l20-21-22'
+    """
+    config = maps_prompter.config
+    layers = maps_prompter.layers
+    # The base config's open fields are at their defaults, which variant_name spells as this part:
+    open_part = f"-l{config.layer_index}-e{_number(config.enhance_coe)}-k{config.kernel_size}-{config.interpolation.lower()}-g{config.grayscale}"
+    name = variant_name(config, first_rows=first_rows)
+    head, _, tail = name.partition(open_part)
+    return f"{head}-maps-l{'-'.join(map(str, layers))}{tail}"
+
+
 def variant_tag(config_name: str, library_version: str = __version__) -> str:
     """The git tag that pins a published variant: ``{config_name}-v{library_version}``."""
     return f"{config_name}-v{library_version}"
@@ -196,6 +216,8 @@ class VariantRecord:
             ``original_image`` (``None`` unless kept), ``status`` (passthrough only).
         lmms_eval: ``base_task`` and ``task`` names, or ``None``.
         preview: path of the before/heatmap/after picture in the repo.
+        maps: for a maps dataset (:func:`maps_variant_name`), its ``layers`` and maps ``columns``;
+            ``None`` for a masked variant.
     """
 
     config_name: str
@@ -209,6 +231,7 @@ class VariantRecord:
     lmms_eval: Optional[Dict[str, str]] = None
     preview: Optional[str] = None
     tag: Optional[str] = None
+    maps: Optional[Dict[str, Any]] = None
 
     @property
     def config(self) -> PrompterConfig:
