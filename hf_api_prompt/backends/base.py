@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -18,6 +19,9 @@ from ..config import PrompterConfig
 logger = logging.getLogger(__name__)
 
 _REGISTRY: Dict[str, Type["Backend"]] = {}
+
+#: How :meth:`Backend.portable_config` names local weights: ``local-dir:<folder name>``.
+LOCAL_DIR = "local-dir:"
 
 
 def register_backend(cls: Type["Backend"]) -> Type["Backend"]:
@@ -79,6 +83,24 @@ def local_name(path: str) -> str:
     return Path(os.path.abspath(os.path.expanduser(path))).name
 
 
+def slug(text: str) -> str:
+    """``text`` in lower case, every run of other characters than ``a-z0-9`` one ``-``: a piece of a variant name.
+
+    >>> slug("ViT-L-14_336.v2"), slug("org/Name")
+    ('vit-l-14-336-v2', 'org-name')
+    """
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def lossless(text: str) -> bool:
+    """True when the :func:`slug` of ``text`` loses nothing but case and ``_``/``-``/``.`` spelling.
+
+    >>> lossless("ViT-L-14_336.v2"), lossless("org/name"), lossless("-x")
+    (True, False, False)
+    """
+    return slug(text) == re.sub(r"[_.]", "-", text.lower())
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -123,7 +145,11 @@ class Backend:
 
     @classmethod
     def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
-        """Validate ``config`` without loading weights; may fill ``weights_sha256``."""
+        """Validate ``config`` without loading weights; may fill ``weights_sha256``.
+
+        Here: :meth:`check_options`. An override calls ``super().resolve_config(config)`` first.
+        """
+        cls.check_options(config)
         return config
 
     @classmethod
@@ -168,3 +194,55 @@ class Backend:
     def maps(self, images: Sequence[Image.Image], questions: Sequence[str], layers: Sequence[int]) -> RawMaps:
         """Stage 1: the raw maps of every layer in ``layers`` from ONE forward pass over the batch."""
         raise NotImplementedError
+
+    #: The ``PrompterConfig`` fields that only this backend reads (``None`` means unset, so they default to ``None``).
+    #: Every other backend refuses them (:meth:`check_options`).
+    option_fields: ClassVar[Tuple[str, ...]] = ()
+    #: Those of :attr:`option_fields` that name a column: like the other column names, not part of a variant's identity.
+    column_option_fields: ClassVar[Tuple[str, ...]] = ()
+    #: Those of :attr:`option_fields` that :meth:`name_parts` spells out exactly in a variant's name.
+    name_fields: ClassVar[Tuple[str, ...]] = ()
+
+    @classmethod
+    def check_options(cls, config: PrompterConfig) -> None:
+        """Refuse the options of other backends: a field another registered backend owns, set in ``config``.
+
+        Example:
+            >>> from hf_api_prompt.backends import get_backend
+            >>> cfg = PrompterConfig(backend="clip", model="m", pretrained=None, layer_index=0, max_new_tokens=5)
+            >>> get_backend("clip").check_options(cfg)
+            Traceback (most recent call last):
+            ...
+            ValueError: max_new_tokens applies to backend 'llava', not to 'clip'
+        """
+        for field in dataclasses.fields(PrompterConfig):
+            if field.name in cls.option_fields or getattr(config, field.name) is None:
+                continue
+            owners = [name for name, other in sorted(_REGISTRY.items()) if field.name in other.option_fields]
+            if owners:
+                raise ValueError(
+                    f"{field.name} applies to backend{'s' if len(owners) > 1 else ''} "
+                    f"{', '.join(map(repr, owners))}, not to {cls.name!r}"
+                )
+
+    @classmethod
+    def model_name_part(cls, config: PrompterConfig) -> Tuple[str, bool]:
+        """The model's piece of a variant name for a :meth:`portable_config`, and whether it is exact.
+
+        Exact: it spells ``config.model`` up to case and ``_``/``-``/``.`` (:func:`lossless`).
+        Here: local weights (``local-dir:<name>``) by the slug of their name (``local`` if
+        nothing is left), never exact (their ``weights_sha256`` identifies them); any other
+        model by its slug.
+
+        >>> local = PrompterConfig(backend="x", model="local-dir:My_Model", pretrained=None, layer_index=0)
+        >>> Backend.model_name_part(local), Backend.model_name_part(local.replace(model="ViT-B-16"))
+        (('my-model', False), ('vit-b-16', True))
+        """
+        if config.model.startswith(LOCAL_DIR):
+            return slug(config.model[len(LOCAL_DIR):]) or "local", False
+        return slug(config.model), lossless(config.model)
+
+    @classmethod
+    def name_parts(cls, config: PrompterConfig) -> List[str]:
+        """This backend's own pieces of a variant name, after the common ones: exactly the :attr:`name_fields`."""
+        return []

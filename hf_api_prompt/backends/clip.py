@@ -25,11 +25,10 @@ from PIL import Image
 
 from .. import masks
 from ..config import PrompterConfig
-from .base import Backend, RawMaps, local_name, register_backend, sha256_file
+from .base import LOCAL_DIR, Backend, RawMaps, local_name, register_backend, sha256_file, slug
 
 logger = logging.getLogger(__name__)
 
-LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -103,9 +102,7 @@ class ClipBackend(Backend):
     def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
         import open_clip
 
-        for name in ("max_new_tokens", "answer_column"):
-            if getattr(config, name) is not None:
-                raise ValueError(f"{name} applies to generative backends (llava), not to 'clip'")
+        config = super().resolve_config(config)
         vision = _vision_cfg(config.model)
         if not 0 <= config.layer_index < vision["layers"]:
             raise ValueError(
@@ -150,6 +147,13 @@ class ClipBackend(Backend):
         if pretrained is not None and ("/" in pretrained or os.sep in pretrained or os.path.isfile(pretrained)):
             changes["pretrained"] = local_name(pretrained)
         return config.replace(**changes)
+
+    @classmethod
+    def model_name_part(cls, config: PrompterConfig) -> Tuple[str, bool]:
+        """An ``hf-hub:org/name`` repo as ``org-name``, never exact (``/`` and the prefix are lost)."""
+        if config.model.startswith(HF_HUB):
+            return slug(config.model[len(HF_HUB):]), False
+        return super().model_name_part(config)
 
     @classmethod
     def grid_shape(cls, config: PrompterConfig) -> Tuple[int, int]:

@@ -45,11 +45,9 @@ from PIL import Image
 
 from .. import masks
 from ..config import PrompterConfig
-from .base import Backend, RawMaps, local_name, register_backend, sha256_file
+from .base import LOCAL_DIR, Backend, RawMaps, local_name, register_backend, sha256_file
 
 logger = logging.getLogger(__name__)
-
-LOCAL_DIR = "local-dir:"
 
 #: LLaVA-1.5's conversation "llava_v1" (the reference code's choice for "llava-v1.5-*" models).
 SYSTEM_PROMPT = (
@@ -400,6 +398,7 @@ class LlavaBackend(Backend):
 
     @classmethod
     def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
+        config = super().resolve_config(config)
         if config.pretrained is not None:
             raise ValueError(
                 "backend 'llava' takes its weights from `model` (a Hub id or a local directory); "
@@ -443,6 +442,15 @@ class LlavaBackend(Backend):
         """A local checkpoint folder as ``local-dir:<folder name>``."""
         path = _local_path(config.model)
         return config if path is None else config.replace(model=LOCAL_DIR + local_name(str(path)))
+
+    option_fields = ("max_new_tokens", "answer_column")
+    column_option_fields = ("answer_column",)
+    name_fields = ("max_new_tokens",)
+
+    @classmethod
+    def name_parts(cls, config: PrompterConfig) -> List[str]:
+        """``t{max_new_tokens}``."""
+        return [] if config.max_new_tokens is None else [f"t{config.max_new_tokens}"]
 
     def __init__(self, config: PrompterConfig, device: torch.device):
         super().__init__(config, device)
