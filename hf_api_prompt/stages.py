@@ -177,8 +177,12 @@ class MapsPrompter(_BatchFunction):
         return columns
 
     def to_json(self) -> str:
-        """The value of :data:`MAPS_CONFIG_COLUMN`: sorted JSON of the base config and the layers."""
-        return json.dumps({"config": self.config.to_dict(), "layers": list(self.layers)}, sort_keys=True, separators=(",", ":"))
+        """The value of :data:`MAPS_CONFIG_COLUMN`: sorted JSON of the (portable) base config and the layers."""
+        from .backends.base import portable_config
+
+        # Portable (local weights by name and sha256): the column is published with the maps.
+        config = portable_config(self.config).to_dict()
+        return json.dumps({"config": config, "layers": list(self.layers)}, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "MapsPrompter":
