@@ -155,8 +155,12 @@ class MapsPrompter(_BatchFunction):
 
     def serves(self, config: PrompterConfig) -> Optional[str]:
         """Why ``config`` cannot be made from these maps, or ``None`` when it can."""
-        if maps_base(config) != maps_base(self.config):
-            differ = sorted(k for k, v in maps_base(config).to_dict().items() if maps_base(self.config).to_dict()[k] != v)
+        from .backends.base import portable_config
+
+        # Portable: maps read back from a dataset name local weights by folder name and sha256.
+        mine, theirs = (maps_base(portable_config(c)).to_dict() for c in (self.config, config))
+        differ = sorted(k for k, v in theirs.items() if mine[k] != v and k != "library_version")
+        if differ:
             return f"the maps were made with other settings ({', '.join(differ)} differ)"
         if config.layer_index not in self.layers:
             return f"layer_index {config.layer_index} is not among the maps' layers {list(self.layers)}"
