@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from PIL import Image
 
@@ -66,7 +66,8 @@ class PrompterConfig:
         pretrained: weights tag or file for the backend; ``None`` means random weights.
         layer_index: 0-based block whose attention is read (docs/method.md).
         enhance_coe: sigmoid sharpening coefficient of the attention map.
-        kernel_size: odd size of the mean filter applied on the grid.
+        kernel_size: odd size of the mean filter applied on the grid, or ``"auto"`` (the
+            prompter sets the size for its grid: :func:`hf_api_prompt.masks.auto_kernel_size`).
         interpolation: PIL filter used to resize the grid mask to the image.
         grayscale: value (0-255) that masked-out pixels are blended towards.
         geometry: ``"paper"`` stretches the grid over the whole image as the authors
@@ -98,7 +99,7 @@ class PrompterConfig:
     pretrained: Optional[str]
     layer_index: int
     enhance_coe: float = 5.0
-    kernel_size: int = 3
+    kernel_size: Union[int, str] = 3
     interpolation: str = "LANCZOS"
     grayscale: int = 0
     geometry: str = "paper"
@@ -121,8 +122,8 @@ class PrompterConfig:
         set_("dtype", canonical_dtype(self.dtype))
         if not _is_int(self.layer_index):
             raise TypeError(f"layer_index must be an int, got {self.layer_index!r}")
-        if not _is_int(self.kernel_size) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd int, got {self.kernel_size!r}")
+        if self.kernel_size != "auto" and (not _is_int(self.kernel_size) or self.kernel_size < 1 or self.kernel_size % 2 == 0):
+            raise ValueError(f"kernel_size must be a positive odd int or 'auto', got {self.kernel_size!r}")
         coe = self.enhance_coe  # inf or nan would also reach api_variants.json as invalid JSON
         if isinstance(coe, bool) or not isinstance(coe, numbers.Real) or not math.isfinite(coe) or not coe > 0:
             raise ValueError(f"enhance_coe must be a finite number > 0, got {coe!r} ({type(coe).__name__})")

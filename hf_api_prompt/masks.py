@@ -1,14 +1,15 @@
 """Pure array functions of the method: heatmap -> mask -> masked image.
 
-No models here. Grid-level steps take torch tensors shaped ``[B, gh, gw]`` and
-work on a whole batch at once; pixel-level steps take one PIL image each
+No models here. Grid-level steps (the recipe, stage 2) take torch tensors shaped
+``[B, gh, gw]`` and work on a whole batch at once; pixel-level steps (used by the
+prompt styles of :mod:`hf_api_prompt.prompts`, stage 3) take one PIL image each
 (docs/method.md, steps 6-8).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,6 +59,20 @@ def mean_filter(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     pad = kernel_size // 2
     padded = F.pad(x[:, None], (pad, pad, pad, pad), mode="replicate")
     return F.avg_pool2d(padded, kernel_size, stride=1)[:, 0]
+
+
+def auto_kernel_size(grid_shape: Tuple[int, int]) -> int:
+    """The mean filter's size scaled to the grid: the odd size nearest to an eighth of the shorter side.
+
+    The paper's 3 was tuned on LLaVA-1.5's and ViT-L-14-336's 24 x 24 grid, where a
+    3 x 3 filter spans an eighth of each side; the same share of a ``gh x gw`` grid is
+    ``min(gh, gw) / 8`` cells, rounded to the nearest odd size (ties upwards), i.e.
+    ``2 * floor(min(gh, gw) / 16) + 1``.
+
+    >>> [auto_kernel_size((n, n)) for n in (7, 14, 16, 24, 32, 40)]
+    [1, 1, 3, 3, 5, 5]
+    """
+    return 2 * (min(grid_shape) // 16) + 1
 
 
 def clip_mask(attention_map: torch.Tensor, token_map: torch.Tensor, enhance_coe: float, kernel_size: int) -> torch.Tensor:
@@ -145,19 +160,3 @@ def blend(image: Image.Image, mask: Image.Image, grayscale: int) -> Image.Image:
             band = band + (np.float32(1) - w).astype(np.float64) * grayscale
         out[top:top + rows] = band.astype(np.uint8)
     return Image.fromarray(out, mode="RGB")
-
-
-def masked_images(
-    images: Sequence[Image.Image],
-    masks: np.ndarray,
-    boxes: Sequence[Optional[Box]],
-    interpolation: str,
-    grayscale: int,
-) -> list:
-    """Apply steps 7-8 of docs/method.md to each (image, grid mask, box)."""
-    resample = Image.Resampling[interpolation]
-    masks_u8 = mask_to_uint8(masks)
-    return [
-        blend(image, mask_to_pixels(mask_u8, image.size, resample, box), grayscale)
-        for image, mask_u8, box in zip(images, masks_u8, boxes)
-    ]

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from PIL import Image
 
-from . import bundled, masks
+from . import bundled
 from .backends import available_backends, get_backend
 from .config import GEOMETRIES, PrompterConfig
 from .inputs import check_question, open_image
@@ -124,19 +124,11 @@ class PlaygroundPredictor:
         question = check_question(question)
         with self._lock:
             prompter = self.prompter(backend, **params)
-            # The prompter's own steps (prompter.py), kept apart here to also return the
-            # pixel-size mask; tests check the masked image equals ImagePrompter's.
-            output = prompter.backend()([image], [question])
+            batch = prompter.prompt([image], [question])  # the prompter's own three stages
         config = prompter.config
-        box = output.boxes[0] if config.geometry == "aligned" else None
-        mask = masks.mask_to_pixels(
-            masks.mask_to_uint8(output.masks[0]), image.size, Image.Resampling[config.interpolation], box
-        )
-        masked_image = masks.blend(image, mask, config.grayscale)
-        answer = None
-        if config.answer_column is not None and config.answer_column in output.extra_columns:
-            answer = output.extra_columns[config.answer_column][0]
-        return PlaygroundResult(np.asarray(output.masks[0], dtype=np.float32), mask, masked_image, answer, config)
+        answer = batch.extra_columns[config.answer_column][0] if config.answer_column in batch.extra_columns else None
+        prompted = batch.prompted[0]
+        return PlaygroundResult(batch.grid_masks[0], prompted.weights, prompted.image, answer, config)
 
 
 def demo_examples() -> List[List[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -10,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import masks
+from . import masks, prompts
 from .backends import get_backend
 from .backends.base import Backend, pick_device
 from .config import PrompterConfig
@@ -19,52 +20,30 @@ from .inputs import RowError, check_question, open_image
 logger = logging.getLogger(__name__)
 
 
-class ImagePrompter:
-    """Attention Prompting on Image for a ``datasets`` batch.
+@dataclasses.dataclass
+class _Rows:
+    """A batch's rows, decoded: the images and questions of the good rows, and why the others are bad."""
 
-    Args:
-        backend: ``"clip"``; see :func:`hf_api_prompt.backends.available_backends`.
-        **params: any :class:`PrompterConfig` field. ``model``, ``pretrained`` and
-            ``layer_index`` default to the paper's choice for the backend
-            (``pretrained`` only when ``model`` is left at its default too).
+    images: List[Any]
+    questions: List[Optional[str]]
+    status: List[str]
+    undecodable: List[int]  # Image-feature values ({"bytes", "path"}) that cannot be decoded
 
-    Calling it with a batch (``prompter(batch)``, ``prompter(batch, rank)``,
-    ``prompter(batch, indices)`` or ``prompter(batch, indices, rank)``) returns
-    the new columns. The model loads on first call, once per process; the
-    object pickles and hashes as its config, so ``datasets`` caching and
-    ``num_proc`` work without shipping weights.
+    @property
+    def good(self) -> List[int]:
+        return [i for i, reason in enumerate(self.status) if reason == "ok"]
 
-    Example:
-        >>> from datasets import Dataset
-        >>> from PIL import Image
-        >>> from hf_api_prompt.bundled import DEMO_MODEL
-        >>> prompter = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2)
-        >>> ds = Dataset.from_dict({"image": [Image.new("RGB", (64, 48))], "question": ["Where is it?"]})
-        >>> out = prompter.map(ds)
-        >>> out.features["heatmap"], out[0]["masked_image"].size
-        (Array2D(shape=(14, 14), dtype='float32'), (64, 48))
+
+class _BatchFunction:
+    """What the model stages share: a config, a backend loaded once per process, ``datasets.map`` plumbing.
+
+    A subclass declares its columns (:meth:`output_features`) and fills them for the
+    good rows (:meth:`_fill`); every declared column is filled on every row.
     """
 
-    def __init__(self, backend: str = "clip", **params: Any):
-        backend_cls = get_backend(backend)
-        defaults = dict(backend_cls.defaults)
-        if "model" in params:  # the default weights tag belongs to the default model only
-            defaults.pop("pretrained", None)
-        settings = {"pretrained": None, **defaults, **params}
-        if "library_version" in params or "weights_sha256" in params:
-            raise TypeError("library_version and weights_sha256 are filled in, not passed")
-        self.config = backend_cls.resolve_config(PrompterConfig(backend=backend, **settings))
-        self._backend: Optional[Backend] = None
+    config: PrompterConfig
 
-    @classmethod
-    def from_config(cls, config: PrompterConfig) -> "ImagePrompter":
-        """Rebuild a prompter from a config (e.g. one read back from a dataset card)."""
-        params = config.to_dict()
-        for filled in ("backend", "library_version", "weights_sha256"):
-            params.pop(filled)
-        return cls(config.backend, **params)
-
-    # Pickle (and so the datasets fingerprint) = the config; never the weights.
+    # Pickle (and so the datasets fingerprint) = the state's JSON; never the weights.
     def __getstate__(self) -> Dict[str, Any]:
         return {"config": self.config.to_json()}
 
@@ -72,20 +51,20 @@ class ImagePrompter:
         self.config = PrompterConfig.from_json(state["config"])
         self._backend = None
 
-    def __repr__(self) -> str:
-        return f"ImagePrompter({self.config.to_json()})"
-
     @property
     def grid_shape(self) -> Tuple[int, int]:
         return get_backend(self.config.backend).grid_shape(self.config)
 
     def backend(self, rank: Optional[int] = None) -> Backend:
         """The loaded backend of this process (loads it on first use)."""
-        if self._backend is None:
+        if getattr(self, "_backend", None) is None:
             _one_thread_in_forked_worker()
             device = pick_device(self.config.device, rank)
             self._backend = get_backend(self.config.backend)(self.config, device)
         return self._backend
+
+    def output_features(self) -> Dict[str, Any]:
+        raise NotImplementedError
 
     def features(self, input_features):
         """Input features plus :meth:`output_features`: pass them to ``map(features=...)``.
@@ -96,21 +75,6 @@ class ImagePrompter:
         from datasets import Features
 
         return Features({**input_features, **self.output_features()})
-
-    def output_features(self) -> Dict[str, Any]:
-        """The columns this prompter writes, in order, with their ``datasets`` feature types.
-
-        The one declaration of the output: :meth:`features` declares these columns to
-        ``datasets`` and ``__call__`` fills every one of them on every row (``None``
-        where a row has no value). The backend adds its own columns through
-        :meth:`~hf_api_prompt.backends.base.Backend.extra_features` (llava: the answer).
-
-        Example:
-            >>> from hf_api_prompt.bundled import DEMO_MODEL
-            >>> list(ImagePrompter("clip", model=DEMO_MODEL, layer_index=2, on_error="passthrough").output_features())
-            ['masked_image', 'heatmap', 'api_status']
-        """
-        return dict(_declared_outputs(self.config))
 
     def map(self, dataset, *, batch_size: int = 8, **map_kwargs):
         """``dataset.map(self, batched=True, ...)`` with the right features and row numbers.
@@ -153,12 +117,15 @@ class ImagePrompter:
             # change that (datasets 5.2); mapped untyped and then cast, each row is encoded and
             # decoded by `features`. IterableDataset.map has no desc nor num_proc.
             return source.map(self, batched=True, batch_size=batch_size, with_indices=True, **map_kwargs).cast(features)
-        map_kwargs.setdefault("desc", f"API masks ({self.config.backend})")
+        map_kwargs.setdefault("desc", self._description())
         if map_kwargs.get("num_proc"):
             map_kwargs.setdefault("with_rank", True)
         return source.map(
             self, batched=True, batch_size=batch_size, with_indices=True, features=features, **map_kwargs
         )
+
+    def _description(self) -> str:
+        return f"API masks ({self.config.backend})"
 
     def check_columns(self, columns: Sequence[str]):
         """Check a dataset's column names: the inputs exist, no output does (it would be overwritten).
@@ -177,65 +144,173 @@ class ImagePrompter:
         fields = {getattr(config, field): field for field in config.column_fields()}
         for name in self.output_features():
             if name in columns:
-                where = f"set {fields[name]} to another name" if name in fields else f"backend {config.backend!r} writes it"
+                where = f"set {fields[name]} to another name" if name in fields else f"the {self._kind()} writes it"
                 raise ValueError(
-                    f"the dataset already has a column {name!r}, which the prompter would overwrite ({where}, "
+                    f"the dataset already has a column {name!r}, which the {self._kind()} would overwrite ({where}, "
                     "or remove the column first)"
                 )
+
+    def _kind(self) -> str:
+        return "prompter"
 
     def __call__(self, batch, *args) -> Dict[str, list]:
         indices, rank = _split_map_args(args)
         config = self.config
-        outputs = self.output_features()
         self.check_columns(list(batch.keys()))
         raw_images = batch[config.image_column]
-        raw_questions = batch[config.question_column]
         size = len(raw_images)
         labels = list(indices) if indices is not None else [f"{i} of this batch" for i in range(size)]
-
-        images: List[Any] = [None] * size
-        questions: List[Optional[str]] = [None] * size
-        status = ["ok"] * size
-        undecodable: List[int] = []  # Image-feature values ({"bytes", "path"}) that cannot be decoded
-        for i in range(size):
-            try:
-                images[i] = open_image(raw_images[i])
-                questions[i] = check_question(raw_questions[i])
-            except ValueError as error:
-                if config.on_error == "raise":
-                    raise RowError(labels[i], str(error)) from None
-                status[i] = str(error)
-                if images[i] is None and isinstance(raw_images[i], dict):
-                    undecodable.append(i)
-                logger.warning("row %s passed through unmasked: %s", labels[i], error)
-
-        columns: Dict[str, list] = {name: [None] * size for name in outputs}
-        columns[config.masked_image_column] = list(images)  # bad rows pass through unmasked
+        rows = _read_rows(raw_images, batch[config.question_column], labels, config)
+        columns: Dict[str, list] = {name: [None] * size for name in self.output_features()}
         if config.on_error == "passthrough":
-            columns[config.status_column] = status
-        good = [i for i in range(size) if status[i] == "ok"]
-        if good:
-            output = self.backend(rank)([images[i] for i in good], [questions[i] for i in good])
-            declared = set(get_backend(config.backend).extra_features(config))
-            if set(output.extra_columns) != declared:
-                raise RuntimeError(
-                    f"backend {config.backend!r} returned columns {sorted(output.extra_columns)} but declares "
-                    f"{sorted(declared)} (Backend.extra_features)"
-                )
-            boxes = output.boxes if config.geometry == "aligned" else [None] * len(good)
-            blended = masks.masked_images(
-                [images[i] for i in good], output.masks, boxes, config.interpolation, config.grayscale
-            )
-            for slot, i in enumerate(good):
-                columns[config.masked_image_column][i] = blended[slot]
-                columns[config.heatmap_column][i] = output.masks[slot]
-                for name, values in output.extra_columns.items():
-                    columns[name][i] = values[slot]
-        if undecodable:
+            columns[config.status_column] = rows.status
+        self._fill(rows, columns, rank)
+        if rows.undecodable:
             # Left in place, these bytes would make datasets fail on decoding the row
             # (out[i], iteration, filter); the status column keeps the reason.
-            columns[config.image_column] = [None if i in undecodable else raw_images[i] for i in range(size)]
+            columns[config.image_column] = [None if i in rows.undecodable else raw_images[i] for i in range(size)]
         return columns
+
+    def _fill(self, rows: _Rows, columns: Dict[str, list], rank: Optional[int]):
+        raise NotImplementedError
+
+    def _check_extra(self, extra_columns: Dict[str, list]):
+        declared = set(get_backend(self.config.backend).extra_features(self.config))
+        if set(extra_columns) != declared:
+            raise RuntimeError(
+                f"backend {self.config.backend!r} returned columns {sorted(extra_columns)} but declares "
+                f"{sorted(declared)} (Backend.extra_features)"
+            )
+
+
+class ImagePrompter(_BatchFunction):
+    """Attention Prompting on Image for a ``datasets`` batch.
+
+    Args:
+        backend: ``"clip"``; see :func:`hf_api_prompt.backends.available_backends`.
+        **params: any :class:`PrompterConfig` field. ``model``, ``pretrained`` and
+            ``layer_index`` default to the paper's choice for the backend
+            (``pretrained`` only when ``model`` is left at its default too).
+            ``kernel_size="auto"`` scales the paper's 3 on a 24 x 24 grid to this
+            backend's grid (:func:`hf_api_prompt.masks.auto_kernel_size`).
+
+    Calling it with a batch (``prompter(batch)``, ``prompter(batch, rank)``,
+    ``prompter(batch, indices)`` or ``prompter(batch, indices, rank)``) returns
+    the new columns. The model loads on first call, once per process; the
+    object pickles and hashes as its config, so ``datasets`` caching and
+    ``num_proc`` work without shipping weights. The three stages of
+    docs/method.md run in :meth:`prompt`.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> from PIL import Image
+        >>> from hf_api_prompt.bundled import DEMO_MODEL
+        >>> prompter = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2)
+        >>> ds = Dataset.from_dict({"image": [Image.new("RGB", (64, 48))], "question": ["Where is it?"]})
+        >>> out = prompter.map(ds)
+        >>> out.features["heatmap"], out[0]["masked_image"].size
+        (Array2D(shape=(14, 14), dtype='float32'), (64, 48))
+    """
+
+    def __init__(self, backend: str = "clip", **params: Any):
+        backend_cls = get_backend(backend)
+        defaults = dict(backend_cls.defaults)
+        if "model" in params:  # the default weights tag belongs to the default model only
+            defaults.pop("pretrained", None)
+        settings = {"pretrained": None, **defaults, **params}
+        if "library_version" in params or "weights_sha256" in params:
+            raise TypeError("library_version and weights_sha256 are filled in, not passed")
+        config = backend_cls.resolve_config(PrompterConfig(backend=backend, **settings))
+        if config.kernel_size == "auto":
+            config = config.replace(kernel_size=masks.auto_kernel_size(backend_cls.grid_shape(config)))
+        self.config = config
+        self._backend: Optional[Backend] = None
+
+    @classmethod
+    def from_config(cls, config: PrompterConfig) -> "ImagePrompter":
+        """Rebuild a prompter from a config (e.g. one read back from a dataset card)."""
+        params = config.to_dict()
+        for filled in ("backend", "library_version", "weights_sha256"):
+            params.pop(filled)
+        return cls(config.backend, **params)
+
+    def __repr__(self) -> str:
+        return f"ImagePrompter({self.config.to_json()})"
+
+    def output_features(self) -> Dict[str, Any]:
+        """The columns this prompter writes, in order, with their ``datasets`` feature types.
+
+        The one declaration of the output: :meth:`features` declares these columns to
+        ``datasets`` and ``__call__`` fills every one of them on every row (``None``
+        where a row has no value). The backend adds its own columns through
+        :meth:`~hf_api_prompt.backends.base.Backend.extra_features` (llava: the answer).
+
+        Example:
+            >>> from hf_api_prompt.bundled import DEMO_MODEL
+            >>> list(ImagePrompter("clip", model=DEMO_MODEL, layer_index=2, on_error="passthrough").output_features())
+            ['masked_image', 'heatmap', 'api_status']
+        """
+        return dict(_declared_outputs(self.config))
+
+    def prompt(self, images: Sequence[Any], questions: Sequence[str], rank: Optional[int] = None) -> "PromptedBatch":
+        """The three stages for decoded images and questions: maps (model), recipe, prompt."""
+        config = self.config
+        raw = self.backend(rank).maps(images, questions, [config.layer_index])
+        self._check_extra(raw.extra_columns)
+        grid = grid_masks(config, raw.layers[config.layer_index])
+        return PromptedBatch(grid, prompts.apply_prompt(config, images, grid, raw.boxes), raw.extra_columns)
+
+    def _fill(self, rows: _Rows, columns: Dict[str, list], rank: Optional[int]):
+        config = self.config
+        columns[config.masked_image_column] = list(rows.images)  # bad rows pass through unmasked
+        good = rows.good
+        if not good:
+            return
+        batch = self.prompt([rows.images[i] for i in good], [rows.questions[i] for i in good], rank)
+        for slot, i in enumerate(good):
+            columns[config.masked_image_column][i] = batch.prompted[slot].image
+            columns[config.heatmap_column][i] = batch.grid_masks[slot]
+            for name, values in batch.extra_columns.items():
+                columns[name][i] = values[slot]
+
+
+@dataclasses.dataclass
+class PromptedBatch:
+    """:meth:`ImagePrompter.prompt` of a batch: grid masks ``[B, gh, gw]``, prompted images, backend columns."""
+
+    grid_masks: np.ndarray
+    prompted: List[prompts.Prompted]
+    extra_columns: Dict[str, list]
+
+
+def grid_masks(config: PrompterConfig, layer_maps: Dict[str, Any]) -> np.ndarray:
+    """Stage 2: one layer's raw maps ``{name: [B, gh, gw]}`` (tensors or arrays) -> float32 grid masks.
+
+    The backend's recipe (clip: the soft union; llava: the enhanced attention) with
+    ``enhance_coe`` and ``kernel_size``.
+    """
+    import torch
+
+    tensors = {name: torch.as_tensor(np.asarray(value, dtype=np.float32)) for name, value in layer_maps.items()}
+    recipe = get_backend(config.backend).recipe
+    return recipe(tensors, config.enhance_coe, config.kernel_size).cpu().numpy().astype(np.float32, copy=False)
+
+
+def _read_rows(raw_images: Sequence[Any], raw_questions: Sequence[Any], labels: Sequence[Any], config: PrompterConfig) -> _Rows:
+    size = len(raw_images)
+    rows = _Rows(images=[None] * size, questions=[None] * size, status=["ok"] * size, undecodable=[])
+    for i in range(size):
+        try:
+            rows.images[i] = open_image(raw_images[i])
+            rows.questions[i] = check_question(raw_questions[i])
+        except ValueError as error:
+            if config.on_error == "raise":
+                raise RowError(labels[i], str(error)) from None
+            rows.status[i] = str(error)
+            if rows.images[i] is None and isinstance(raw_images[i], dict):
+                rows.undecodable.append(i)
+            logger.warning("row %s passed through unmasked: %s", labels[i], error)
+    return rows
 
 
 def _one_thread_in_forked_worker():

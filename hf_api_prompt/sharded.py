@@ -91,7 +91,10 @@ def work_key(prompter, dataset, chunk_size: int) -> str:
     """
     from .backends.base import portable_config
 
-    text = "\n".join([portable_config(prompter.config).to_json(), dataset._fingerprint, str(len(dataset)), str(chunk_size)])
+    identity = portable_config(prompter.config).to_json()
+    if hasattr(prompter, "layers"):  # a MapsPrompter: its maps are of these layers
+        identity += f"\nlayers={list(prompter.layers)}"
+    text = "\n".join([identity, dataset._fingerprint, str(len(dataset)), str(chunk_size)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -81,7 +81,8 @@ def _compare_every_block(model_name, maps, images, questions):
         prompter = ImagePrompter("clip", model=model_name, layer_index=layer)  # the paper's coe 5, kernel 3
         backend = prompter.backend()
         with torch.inference_mode():
-            attention, token = backend.raw_maps(backend.pixels(images), backend.encode_questions(questions))
+            maps = backend.raw_maps(backend.pixels(images), backend.encode_questions(questions), [layer])[layer]
+        attention, token = maps["attention"], maps["tokens"]
         heatmaps = prompter({"image": images, "question": questions})["heatmap"]
         for i in range(len(images)):
             where = f"block {layer}, image {i}"

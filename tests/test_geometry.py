@@ -110,8 +110,8 @@ def test_patch_perturbation_peaks_at_its_cell_in_raw_maps(backend0, cell):
     changed = pixels.clone()
     changed[:, :, PATCH * i:PATCH * (i + 1), PATCH * j:PATCH * (j + 1)] += 2 * torch.randn(1, 3, PATCH, PATCH, generator=gen)
     with torch.inference_mode():
-        a0, t0 = backend0.raw_maps(pixels, text)
-        a1, t1 = backend0.raw_maps(changed, text)
+        a0, t0 = backend0.raw_maps(pixels, text, [0])[0].values()
+        a1, t1 = backend0.raw_maps(changed, text, [0])[0].values()
     assert t0.shape == (1, GRID, GRID) and a0.shape == (1, GRID, GRID)
     d_tokens = (t1 - t0).abs()[0].numpy()
     d_attention = (a1 - a0).abs()[0].numpy()
@@ -124,8 +124,8 @@ def test_raw_maps_are_batch_independent(backend0):
     pixels = torch.randn(3, 3, SIDE, SIDE, generator=gen)
     text = backend0.encode_questions(["a", "bb", "a"])
     with torch.inference_mode():
-        a, tk = backend0.raw_maps(pixels, text)
-        a1, t1 = backend0.raw_maps(pixels[1:2], text[1:2])
+        a, tk = backend0.raw_maps(pixels, text, [0])[0].values()
+        a1, t1 = backend0.raw_maps(pixels[1:2], text[1:2], [0])[0].values()
     np.testing.assert_allclose(a[1].numpy(), a1[0].numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(tk[1].numpy(), t1[0].numpy(), rtol=1e-4, atol=1e-5)
 

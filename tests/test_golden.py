@@ -86,7 +86,8 @@ def test_raw_maps_match_after_minmax(golden_dir, manifest, golden_dataset):
     for layer in manifest["layer_indices"]:
         backend = ImagePrompter("clip", model=GOLDEN_MODEL, layer_index=layer).backend()
         with torch.inference_mode():
-            attention, tokens = backend.raw_maps(backend.pixels(images), backend.encode_questions(questions))
+            maps = backend.raw_maps(backend.pixels(images), backend.encode_questions(questions), [layer])[layer]
+        attention, tokens = maps["attention"], maps["tokens"]
         for i, r in enumerate(manifest["images"]):
             for got, name in ((attention[i], "attention_map"), (tokens[i], "token_map")):
                 want = np.load(golden_dir / f"expected/raw/{r['id']}_L{layer}_{name}.npy")

@@ -206,7 +206,7 @@ def test_heatmap_matches_eager_reference(prompter, images, reference):
         heatmap, generated, steps = reference[i]
         assert result.steps == [steps] == [len(generated)]
         assert result.answers == [backend.tokenizer.decode(generated, skip_special_tokens=True).strip()]
-        np.testing.assert_allclose(result.heatmaps[0].numpy(), heatmap.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(result.heatmaps[LAYER][0].numpy(), heatmap.numpy(), atol=1e-5, rtol=0)
     # Mixed stopping points: the test exercises EOS before max_new_tokens and hitting it.
     counts = [steps for _, _, steps in reference]
     assert min(counts) < MAX_NEW_TOKENS and max(counts) == MAX_NEW_TOKENS
@@ -218,7 +218,7 @@ def test_batch_equals_one_at_a_time_and_counts_own_steps(prompter, images, refer
     assert result.steps == [steps for _, _, steps in reference]
     for i, (heatmap, generated, _) in enumerate(reference):
         assert result.answers[i] == backend.tokenizer.decode(generated, skip_special_tokens=True).strip()
-        np.testing.assert_allclose(result.heatmaps[i].numpy(), heatmap.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(result.heatmaps[LAYER][i].numpy(), heatmap.numpy(), atol=1e-5, rtol=0)
     # The prompter writes the mask of docs/method.md step 4 and the answers.
     out = prompter({"image": images[:3], "question": QUESTIONS[:3]})
     for i in range(3):
@@ -283,7 +283,8 @@ def test_grayscale_is_honoured(tiny_llava, images):
     mask = outputs[0]["heatmap"][0]
     np.testing.assert_array_equal(mask, outputs[200]["heatmap"][0])
     for gray, out in outputs.items():
-        want = masks.masked_images(images[:1], mask[None], [None], "LANCZOS", gray)[0]
+        weights = masks.mask_to_pixels(masks.mask_to_uint8(mask), images[0].size, Image.Resampling.LANCZOS)
+        want = masks.blend(images[0], weights, gray)
         np.testing.assert_array_equal(np.asarray(out["masked_image"][0]), np.asarray(want))
     assert not np.array_equal(np.asarray(outputs[0]["masked_image"][0]), np.asarray(outputs[200]["masked_image"][0]))
 

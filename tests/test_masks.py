@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
-from hf_api_prompt import masks
+from hf_api_prompt import PrompterConfig, masks
+from hf_api_prompt.prompts import apply_prompt
 
 
 # ----------------------------------------------------------------- helpers
@@ -334,12 +335,13 @@ def test_blend_rejects_wrong_modes_and_sizes(image, mask):
         masks.blend(image, mask, 0)
 
 
-# ----------------------------------------------------------- masked_images
-def test_masked_images_paper_pipeline():
+# ----------------------------------------------------------- the "mask" prompt style (stage 3)
+def test_mask_prompt_paper_pipeline():
     rng = np.random.RandomState(8)
     m = rng.rand(2, 8, 8).astype(np.float32)
     images = [Image.fromarray(rng.randint(0, 256, (30, 50, 3)).astype(np.uint8)) for _ in range(2)]
-    out = masks.masked_images(images, m, [None, None], "BICUBIC", 60)
+    config = PrompterConfig(backend="clip", model="ViT-B-16", pretrained=None, layer_index=0, interpolation="bicubic", grayscale=60)
+    out = [p.image for p in apply_prompt(config, images, m, [None, None])]
     for i in range(2):
         mask_img = to_pil_image(torch.from_numpy(m[i])[None]).resize((50, 30), Image.Resampling.BICUBIC)
         img, w = np.asarray(images[i]), np.asarray(mask_img)

@@ -17,6 +17,9 @@ from conftest import make_local_clip
 from publish_fixtures import make_mmvet_like, tiny_built_variant
 
 PAPER = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
+#: Fields that are not part of the identity (docs/method.md: where it ran, the version, the column names).
+NOT_IDENTITY = {"device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
+                "status_column", "answer_column"}
 
 
 # ------------------------------------------------------------------ 1. unique names
@@ -67,10 +70,8 @@ def test_every_identity_field_changes_the_name():
     """Each field of PrompterConfig that is not a column name, the device or the version changes the name."""
     import dataclasses
 
-    not_identity = {"device", "library_version", "image_column", "question_column", "masked_image_column",
-                    "heatmap_column", "status_column", "answer_column"}
     changed = {f for change in ONE_FIELD_CHANGES for f in change}
-    fields = {f.name for f in dataclasses.fields(PrompterConfig)} - not_identity
+    fields = {f.name for f in dataclasses.fields(PrompterConfig)} - NOT_IDENTITY
     assert fields <= changed | {"backend"}, fields - changed  # ONE_FIELD_CHANGES covers every identity field
     assert variant_name(PAPER.replace(backend="llava", pretrained=None)) != variant_name(PAPER.replace(pretrained=None))
 
@@ -182,6 +183,108 @@ def test_clip_without_weights_is_still_called_random():
     card = render_card(VariantIndex().upsert(tiny_built_variant(config).record), load_path="x", is_hub=True)
     row = next(line for line in card.text.splitlines() if line.startswith(f"| `{variant_name(config)}`"))
     assert [c.strip() for c in row.split(" | ")][4] == "random"
+
+
+# ------------------------------------------------------------------ 4. published names stay; backends name their part
+
+
+def _hash(config: PrompterConfig, **portable) -> str:
+    """The 8-hex hash of a name, computed here: sha256 of the sorted, compact JSON of the identity fields.
+
+    ``portable``: the fields as the checkout-independent config holds them (local weights by their name).
+    """
+    import hashlib
+
+    fields = {k: v for k, v in {**config.to_dict(), **portable}.items() if k not in NOT_IDENTITY}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+
+
+SHA = "ab" * 32
+CLIP_LOCAL = PrompterConfig(backend="clip", model="local-dir:/models/My_Clip.v2/", pretrained=None, layer_index=1,
+                            weights_sha256=SHA)
+CLIP_HUB = PrompterConfig(backend="clip", model="hf-hub:timm/ViT-B-16-SigLIP", pretrained=None, layer_index=3)
+CLIP_FILE = PrompterConfig(backend="clip", model="ViT-B-16", pretrained="/w/My.Weights.pt", layer_index=10,
+                           weights_sha256=SHA)
+LLAVA_HUB = PrompterConfig(backend="llava", model="llava-hf/llava-1.5-13b-hf", pretrained=None, layer_index=20,
+                           max_new_tokens=20, answer_column="api_answer")
+LLAVA_LOCAL = PrompterConfig(backend="llava", model="/x/checkpoints/my_llava", pretrained=None, layer_index=1,
+                             max_new_tokens=5, answer_column="api_answer", weights_sha256=SHA, geometry="aligned")
+
+
+@pytest.mark.parametrize("config, expected", [
+    # {backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{own}][-h{hash}]
+    (PAPER, "clip-vit-l-14-336-l22-e5-k3-lanczos-g0"),  # the backend's default weights: no pretrained part
+    (PAPER.replace(model="ViT-B-16", pretrained="laion2b_s34b_b88k", layer_index=10),  # spelled exactly: no hash
+     "clip-vit-b-16-laion2b-s34b-b88k-l10-e5-k3-lanczos-g0"),
+    # A local folder by its name (no pretrained part: the folder names the weights), identified by the hash.
+    (CLIP_LOCAL, "clip-my-clip-v2-l1-e5-k3-lanczos-g0-h" + _hash(CLIP_LOCAL, model="local-dir:My_Clip.v2")),
+    (CLIP_HUB, "clip-timm-vit-b-16-siglip-l3-e5-k3-lanczos-g0-h" + _hash(CLIP_HUB)),  # "/" is lost: hash
+    # A weights file by its name without the extension; its sha256 is in the hash.
+    (CLIP_FILE, "clip-vit-b-16-my-weights-l10-e5-k3-lanczos-g0-h" + _hash(CLIP_FILE, pretrained="My.Weights.pt")),
+    (LLAVA_HUB, "llava-llava-hf-llava-1-5-13b-hf-l20-e5-k3-lanczos-g0-t20-h" + _hash(LLAVA_HUB)),  # "/" is lost
+    (LLAVA_LOCAL, "llava-my-llava-l1-e5-k3-lanczos-g0-aligned-t5-h" + _hash(LLAVA_LOCAL, model="local-dir:my_llava")),
+])
+def test_published_names_are_pinned(config, expected):
+    """Names already published must never change: each one spelled out here from the documented scheme."""
+    assert variant_name(config) == expected
+    assert variant_name(config, first_rows=3) == expected + "-first3"
+    # Column names are no part of the identity, llava's answer column included.
+    renamed = config.replace(image_column="img", heatmap_column="hm", answer_column=config.answer_column and "answer")
+    assert variant_name(renamed) == expected
+
+
+def test_card_lists_the_backend_options_that_change_the_masks():
+    card = render_card(VariantIndex().upsert(tiny_built_variant(LLAVA_HUB.replace(dtype="bf16")).record),
+                       load_path="x", is_hub=True)
+    row = next(line for line in card.text.splitlines() if line.startswith("| `llava-"))
+    assert [c.strip() for c in row.split(" | ")][11] == "max_new_tokens=20, dtype=bfloat16"  # not the answer column
+
+
+@pytest.fixture()
+def fake_backend():
+    """A backend registered for one test only: no options of its own, every hook left to the base class."""
+    from hf_api_prompt.backends.base import _REGISTRY, Backend, register_backend
+
+    class FakeBackend(Backend):
+        name = "fake"
+        defaults = {"model": "Fake_Net-1", "pretrained": "v1", "layer_index": 4}
+
+    assert "fake" not in _REGISTRY
+    register_backend(FakeBackend)
+    try:
+        yield FakeBackend
+    finally:
+        del _REGISTRY["fake"]
+
+
+def test_a_new_backend_needs_no_publishing_change(fake_backend):
+    config = ImagePrompter("fake").config
+    assert config == PrompterConfig(backend="fake", model="Fake_Net-1", pretrained="v1", layer_index=4)
+    assert variant_name(config) == "fake-fake-net-1-l4-e5-k3-lanczos-g0"  # its default weights: no pretrained part
+    other = config.replace(pretrained="v2", geometry="aligned")
+    assert variant_name(other) == "fake-fake-net-1-v2-l4-e5-k3-lanczos-g0-aligned"
+    half = config.replace(dtype="fp16")
+    assert variant_name(half) == "fake-fake-net-1-l4-e5-k3-lanczos-g0-h" + _hash(half)
+    assert variant_name(config.replace(question_column="q", masked_image_column="m")) == variant_name(config)
+    built = tiny_built_variant(config.replace(on_error="passthrough"))
+    card = render_card(VariantIndex().upsert(built.record), load_path="x", is_hub=True)
+    row = next(line for line in card.text.splitlines() if line.startswith(f"| `{built.config_name}`"))
+    cells = [c.strip() for c in row.split(" | ")]
+    assert cells[2:5] == ["fake", "`Fake_Net-1`", "`v1`"]  # backend, model, weights
+    assert cells[11] == "on_error=passthrough"  # other
+
+
+@pytest.mark.parametrize("option, value", [("max_new_tokens", 5), ("answer_column", "answer")])
+def test_a_new_backend_refuses_the_options_of_others(fake_backend, option, value):
+    with pytest.raises(ValueError, match=rf"^{option} applies to backend 'llava', not to 'fake'$"):
+        ImagePrompter("fake", **{option: value})
+
+
+def test_an_option_of_two_backends_names_both(fake_backend, tiny_clip):
+    fake_backend.option_fields = ("max_new_tokens",)
+    ImagePrompter("fake", max_new_tokens=3)  # its own option now
+    with pytest.raises(ValueError, match=r"^max_new_tokens applies to backends 'fake', 'llava', not to 'clip'$"):
+        ImagePrompter("clip", model=tiny_clip, layer_index=1, max_new_tokens=3)
 
 
 # ------------------------------------------------------------------ 5. never overwrite files we did not write

@@ -5,8 +5,8 @@
 True
 """
 
-from .base import Backend, BackendOutput, available_backends, get_backend, register_backend
+from .base import Backend, RawMaps, available_backends, get_backend, register_backend
 from . import clip  # noqa: F401  (registers "clip")
 from . import llava  # noqa: F401  (registers "llava")
 
-__all__ = ["Backend", "BackendOutput", "available_backends", "get_backend", "register_backend"]
+__all__ = ["Backend", "RawMaps", "available_backends", "get_backend", "register_backend"]

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
@@ -18,6 +19,9 @@ from ..config import PrompterConfig
 logger = logging.getLogger(__name__)
 
 _REGISTRY: Dict[str, Type["Backend"]] = {}
+
+#: How :meth:`Backend.portable_config` names local weights: ``local-dir:<folder name>``.
+LOCAL_DIR = "local-dir:"
 
 
 def register_backend(cls: Type["Backend"]) -> Type["Backend"]:
@@ -37,20 +41,24 @@ def get_backend(name: str) -> Type["Backend"]:
         raise ValueError(f"unknown backend {name!r}; available: {available_backends()}") from None
 
 
+Box = Tuple[float, float, float, float]
+
+
 @dataclasses.dataclass
-class BackendOutput:
-    """What a backend returns for a batch.
+class RawMaps:
+    """What the maps stage of a backend returns for a batch (docs/method.md, "Three stages").
 
     Attributes:
-        masks: float32 ``[B, gh, gw]`` final grid masks in [0, 1], row 0 at the top.
-        boxes: per image, the grid-coordinate box that the whole image maps to
-            under ``geometry="aligned"``.
+        layers: ``{layer_index: {map name: float32 [B, gh, gw] tensor}}`` for every
+            requested layer, with the names of :attr:`Backend.map_names` (row 0 at the top).
+        boxes: per image, the grid-coordinate box that the whole image maps to under
+            ``geometry="aligned"``, or ``None`` where the backend's preprocessing has none.
         extra_columns: backend-specific per-row outputs (e.g. an answer), exactly the
             columns that :meth:`Backend.extra_features` declares.
     """
 
-    masks: np.ndarray
-    boxes: List[Tuple[float, float, float, float]]
+    layers: Dict[int, Dict[str, torch.Tensor]]
+    boxes: List[Optional[Box]]
     extra_columns: Dict[str, list] = dataclasses.field(default_factory=dict)
 
 
@@ -73,6 +81,24 @@ def portable_config(config: PrompterConfig) -> PrompterConfig:
 def local_name(path: str) -> str:
     """The name of the folder or file ``path`` points to: ``/a/b/`` -> ``b`` (``.`` -> the current folder's name)."""
     return Path(os.path.abspath(os.path.expanduser(path))).name
+
+
+def slug(text: str) -> str:
+    """``text`` in lower case, every run of other characters than ``a-z0-9`` one ``-``: a piece of a variant name.
+
+    >>> slug("ViT-L-14_336.v2"), slug("org/Name")
+    ('vit-l-14-336-v2', 'org-name')
+    """
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def lossless(text: str) -> bool:
+    """True when the :func:`slug` of ``text`` loses nothing but case and ``_``/``-``/``.`` spelling.
+
+    >>> lossless("ViT-L-14_336.v2"), lossless("org/name"), lossless("-x")
+    (True, False, False)
+    """
+    return slug(text) == re.sub(r"[_.]", "-", text.lower())
 
 
 def sha256_file(path: Path) -> str:
@@ -109,6 +135,8 @@ class Backend:
     name: ClassVar[str]
     #: paper defaults for ``model``, ``pretrained`` and ``layer_index``.
     defaults: ClassVar[dict]
+    #: the raw maps the maps stage returns per layer, in order (the keys :meth:`recipe` reads).
+    map_names: ClassVar[Tuple[str, ...]]
 
     def __init__(self, config: PrompterConfig, device: torch.device):
         self.config = config
@@ -117,7 +145,11 @@ class Backend:
 
     @classmethod
     def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
-        """Validate ``config`` without loading weights; may fill ``weights_sha256``."""
+        """Validate ``config`` without loading weights; may fill ``weights_sha256``.
+
+        Here: :meth:`check_options`. An override calls ``super().resolve_config(config)`` first.
+        """
+        cls.check_options(config)
         return config
 
     @classmethod
@@ -154,5 +186,63 @@ class Backend:
         """
         return {}
 
-    def __call__(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BackendOutput:
+    @classmethod
+    def recipe(cls, maps: Dict[str, torch.Tensor], enhance_coe: float, kernel_size: int) -> torch.Tensor:
+        """Stage 2 (pure): one layer's raw maps ``{name: [B, gh, gw]}`` -> the grid masks ``[B, gh, gw]`` in [0, 1]."""
         raise NotImplementedError
+
+    def maps(self, images: Sequence[Image.Image], questions: Sequence[str], layers: Sequence[int]) -> RawMaps:
+        """Stage 1: the raw maps of every layer in ``layers`` from ONE forward pass over the batch."""
+        raise NotImplementedError
+
+    #: The ``PrompterConfig`` fields that only this backend reads (``None`` means unset, so they default to ``None``).
+    #: Every other backend refuses them (:meth:`check_options`).
+    option_fields: ClassVar[Tuple[str, ...]] = ()
+    #: Those of :attr:`option_fields` that name a column: like the other column names, not part of a variant's identity.
+    column_option_fields: ClassVar[Tuple[str, ...]] = ()
+    #: Those of :attr:`option_fields` that :meth:`name_parts` spells out exactly in a variant's name.
+    name_fields: ClassVar[Tuple[str, ...]] = ()
+
+    @classmethod
+    def check_options(cls, config: PrompterConfig) -> None:
+        """Refuse the options of other backends: a field another registered backend owns, set in ``config``.
+
+        Example:
+            >>> from hf_api_prompt.backends import get_backend
+            >>> cfg = PrompterConfig(backend="clip", model="m", pretrained=None, layer_index=0, max_new_tokens=5)
+            >>> get_backend("clip").check_options(cfg)
+            Traceback (most recent call last):
+            ...
+            ValueError: max_new_tokens applies to backend 'llava', not to 'clip'
+        """
+        for field in dataclasses.fields(PrompterConfig):
+            if field.name in cls.option_fields or getattr(config, field.name) is None:
+                continue
+            owners = [name for name, other in sorted(_REGISTRY.items()) if field.name in other.option_fields]
+            if owners:
+                raise ValueError(
+                    f"{field.name} applies to backend{'s' if len(owners) > 1 else ''} "
+                    f"{', '.join(map(repr, owners))}, not to {cls.name!r}"
+                )
+
+    @classmethod
+    def model_name_part(cls, config: PrompterConfig) -> Tuple[str, bool]:
+        """The model's piece of a variant name for a :meth:`portable_config`, and whether it is exact.
+
+        Exact: it spells ``config.model`` up to case and ``_``/``-``/``.`` (:func:`lossless`).
+        Here: local weights (``local-dir:<name>``) by the slug of their name (``local`` if
+        nothing is left), never exact (their ``weights_sha256`` identifies them); any other
+        model by its slug.
+
+        >>> local = PrompterConfig(backend="x", model="local-dir:My_Model", pretrained=None, layer_index=0)
+        >>> Backend.model_name_part(local), Backend.model_name_part(local.replace(model="ViT-B-16"))
+        (('my-model', False), ('vit-b-16', True))
+        """
+        if config.model.startswith(LOCAL_DIR):
+            return slug(config.model[len(LOCAL_DIR):]) or "local", False
+        return slug(config.model), lossless(config.model)
+
+    @classmethod
+    def name_parts(cls, config: PrompterConfig) -> List[str]:
+        """This backend's own pieces of a variant name, after the common ones: exactly the :attr:`name_fields`."""
+        return []

@@ -1,12 +1,13 @@
-"""Backend "clip": open_clip ViT, [CLS] attention decomposition at one block.
+"""Backend "clip": open_clip ViT, [CLS] attention decomposition at one or several blocks.
 
-docs/method.md, "Backend clip". Only block ``layer_index`` is examined, and the
-forward pass stops after it: the maps are scored against
+docs/method.md, "Backend clip". Only the requested blocks are examined, and the
+forward pass stops after the deepest one: the maps of block L are scored against
 ``u = ln_post.weight * (proj @ t)``, and everything the reference code applies
 after block L (later blocks' contributions are not part of either map; ln_post's
 centering and scale, the embedding norm) adds a per-image constant or a positive
 per-image factor, which the min-max normalisation removes. So the result is the
-authors' mask at the cost of ``layer_index + 1`` blocks.
+authors' mask at the cost of ``L + 1`` blocks, and the maps of every block up to
+the deepest requested one come from the same pass.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +25,10 @@ from PIL import Image
 
 from .. import masks
 from ..config import PrompterConfig
-from .base import Backend, BackendOutput, local_name, register_backend, sha256_file
+from .base import LOCAL_DIR, Backend, RawMaps, local_name, register_backend, sha256_file, slug
 
 logger = logging.getLogger(__name__)
 
-LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -74,6 +74,15 @@ def open_clip_config(model: str, pretrained: Optional[str] = None) -> dict:
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
 
 
+def _aligned_problem(preprocess_cfg: dict) -> Optional[str]:
+    """Why ``geometry="aligned"`` cannot invert this preprocessing, or ``None`` when it can."""
+    size = preprocess_cfg.get("size", 224)
+    square = isinstance(size, int) or size[0] == size[1]
+    if preprocess_cfg.get("resize_mode", "shortest") not in ("shortest", "squash") or not square:
+        return f"geometry='aligned' supports square 'shortest' or 'squash' preprocessing, not {preprocess_cfg}"
+    return None
+
+
 def _vision_cfg(model: str) -> dict:
     vision = open_clip_config(model)["model_cfg"].get("vision_cfg", {})
     if "timm_model_name" in vision and vision["timm_model_name"] or not isinstance(vision.get("layers"), int):
@@ -87,14 +96,13 @@ class ClipBackend(Backend):
 
     name = "clip"
     defaults = {"model": "ViT-L-14-336", "pretrained": "openai", "layer_index": 22}
+    map_names = ("attention", "tokens")
 
     @classmethod
     def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
         import open_clip
 
-        for name in ("max_new_tokens", "answer_column"):
-            if getattr(config, name) is not None:
-                raise ValueError(f"{name} applies to generative backends (llava), not to 'clip'")
+        config = super().resolve_config(config)
         vision = _vision_cfg(config.model)
         if not 0 <= config.layer_index < vision["layers"]:
             raise ValueError(
@@ -102,7 +110,9 @@ class ClipBackend(Backend):
                 f"whose image tower has {vision['layers']} blocks (valid: 0..{vision['layers'] - 1})"
             )
         if config.geometry == "aligned":
-            cls._check_aligned(open_clip_config(config.model, config.pretrained).get("preprocess_cfg", {}), config.model)
+            problem = _aligned_problem(open_clip_config(config.model, config.pretrained).get("preprocess_cfg", {}))
+            if problem:
+                raise ValueError(f"{problem}; {config.model!r} uses it")
         digest = None
         if config.model.startswith(LOCAL_DIR):
             digest = sha256_file(_local_weights(config.model[len(LOCAL_DIR):]))
@@ -138,12 +148,12 @@ class ClipBackend(Backend):
             changes["pretrained"] = local_name(pretrained)
         return config.replace(**changes)
 
-    @staticmethod
-    def _check_aligned(preprocess_cfg: dict, model: str):
-        size = preprocess_cfg.get("size", 224)
-        square = isinstance(size, int) or size[0] == size[1]
-        if preprocess_cfg.get("resize_mode", "shortest") not in ("shortest", "squash") or not square:
-            raise ValueError(f"geometry='aligned' supports square 'shortest' or 'squash' preprocessing; {model!r} uses {preprocess_cfg}")
+    @classmethod
+    def model_name_part(cls, config: PrompterConfig) -> Tuple[str, bool]:
+        """An ``hf-hub:org/name`` repo as ``org-name``, never exact (``/`` and the prefix are lost)."""
+        if config.model.startswith(HF_HUB):
+            return slug(config.model[len(HF_HUB):]), False
+        return super().model_name_part(config)
 
     @classmethod
     def grid_shape(cls, config: PrompterConfig) -> Tuple[int, int]:
@@ -185,7 +195,7 @@ class ClipBackend(Backend):
                 problems.append("pooling is not the [CLS] token")
             if getattr(visual, "proj", None) is None or getattr(visual, "final_ln_after_pool", False):
                 problems.append("no linear projection after ln_post")
-            if not isinstance(blocks[self.config.layer_index].attn, torch.nn.MultiheadAttention):
+            if not all(isinstance(block.attn, torch.nn.MultiheadAttention) for block in blocks):
                 problems.append("custom attention blocks")
             if not visual.transformer.batch_first:
                 problems.append("sequence-first transformer")
@@ -241,21 +251,31 @@ class ClipBackend(Backend):
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.preprocess(image) for image in images]).to(self.device, self.dtype)
 
-    def raw_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Attention map and token map ``[B, gh, gw]`` (float32) of docs/method.md steps 3-5."""
+    def raw_maps(self, pixels: torch.Tensor, text: torch.Tensor, layers: Sequence[int]) -> Dict[int, Dict[str, torch.Tensor]]:
+        """``{block: {"attention": A, "tokens": T}}``, maps ``[B, gh, gw]`` (float32) of docs/method.md steps 3-5.
+
+        Blocks ``0..max(layers)`` run once; each requested block is read on the way.
+        """
         visual = self.model.visual
-        layer = self.config.layer_index
         blocks = visual.transformer.resblocks
-        x = visual._embeds(pixels)
-        for block in blocks[:layer]:
-            x = block(x)
-        block = blocks[layer]
+        wanted = sorted(set(layers))
+        if not wanted or not 0 <= wanted[0] <= wanted[-1] < len(blocks):
+            raise ValueError(f"layers {list(layers)} are not blocks of {self.config.model!r} (valid: 0..{len(blocks) - 1})")
         # u: the text direction pulled back through proj and ln_post's gain.
         u = visual.ln_post.weight.float() * (text @ visual.proj.float().T)
-        attention = self._cls_attention_scores(block, x, u)
-        tokens = (block(x)[:, 1:].float() * u[:, None, :]).sum(-1)
         gh, gw = visual.grid_size
-        return attention.reshape(-1, gh, gw), tokens.reshape(-1, gh, gw)
+        x = visual._embeds(pixels)
+        maps = {}
+        for index in range(wanted[-1] + 1):
+            block = blocks[index]
+            if index not in wanted:
+                x = block(x)
+                continue
+            attention = self._cls_attention_scores(block, x, u)
+            x = block(x)
+            tokens = (x[:, 1:].float() * u[:, None, :]).sum(-1)
+            maps[index] = {"attention": attention.reshape(-1, gh, gw), "tokens": tokens.reshape(-1, gh, gw)}
+        return maps
 
     @staticmethod
     def _cls_attention_scores(block, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -306,8 +326,15 @@ class ClipBackend(Backend):
         top, left = int(round((resized_h - side) / 2.0)), int(round((resized_w - side) / 2.0))
         return (-left * gw / side, -top * gh / side, (resized_w - left) * gw / side, (resized_h - top) * gh / side)
 
+    @classmethod
+    def recipe(cls, maps: Dict[str, torch.Tensor], enhance_coe: float, kernel_size: int) -> torch.Tensor:
+        return masks.clip_mask(maps["attention"], maps["tokens"], enhance_coe, kernel_size)
+
     @torch.inference_mode()
-    def __call__(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BackendOutput:
-        attention, tokens = self.raw_maps(self.pixels(images), self.encode_questions(questions))
-        mask = masks.clip_mask(attention, tokens, self.config.enhance_coe, self.config.kernel_size)
-        return BackendOutput(masks=mask.cpu().numpy(), boxes=[self.grid_box(image.size) for image in images])
+    def maps(self, images: Sequence[Image.Image], questions: Sequence[str], layers: Sequence[int]) -> RawMaps:
+        raw = self.raw_maps(self.pixels(images), self.encode_questions(questions), layers)
+        aligned = _aligned_problem(self.preprocess_cfg) is None
+        return RawMaps(
+            layers={layer: {name: m.cpu() for name, m in maps.items()} for layer, maps in raw.items()},
+            boxes=[self.grid_box(image.size) if aligned else None for image in images],
+        )

@@ -1,18 +1,18 @@
 """Backend "llava": LLaVA-1.5 on transformers, attention of generated tokens over the image.
 
-docs/method.md, "Backend llava". The model answers the question greedily; at decoder
-layer ``layer_index``, on every forward call of that generation, the attention
+docs/method.md, "Backend llava". The model answers the question greedily; at each requested
+decoder layer, on every forward call of that generation, the attention
 of the LAST query position over the image-token positions (softmax restricted to
 those positions, mean over heads) is recorded, and the heatmap is the mean of
 those vectors, reshaped to the vision tower's ``G x G`` patch grid. The mask is
 the enhanced, smoothed heatmap (:func:`hf_api_prompt.masks.attention_mask`).
 
-Cheap capture: only layer ``layer_index`` computes explicit attention weights,
-and only one row of them (its last query against the keys, a matrix-vector
+Cheap capture: only the requested layers compute explicit attention weights (all of
+them in the same ``generate``), and only one row of them (its last query against the keys, a matrix-vector
 product per head), restricted to the ``G*G`` image positions; every layer, that
 one included, still produces its output with the model's own fast kernel (sdpa).
 ``output_attentions`` is never used.
-The swap is scoped: :class:`ImageAttentionCapture` gives that one attention
+The swap is scoped: :class:`ImageAttentionCapture` gives each captured attention
 module a private config copy naming a registered attention function and puts
 the original back on exit, whatever happens.
 
@@ -29,6 +29,7 @@ batch of one this is every forward call of ``generate``, as in the reference cod
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -37,18 +38,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
 
 from .. import masks
 from ..config import PrompterConfig
-from .base import Backend, BackendOutput, local_name, register_backend, sha256_file
+from .base import LOCAL_DIR, Backend, RawMaps, local_name, register_backend, sha256_file
 
 logger = logging.getLogger(__name__)
-
-LOCAL_DIR = "local-dir:"
 
 #: LLaVA-1.5's conversation "llava_v1" (the reference code's choice for "llava-v1.5-*" models).
 SYSTEM_PROMPT = (
@@ -357,13 +356,13 @@ class LlavaGeneration:
     """Everything one batched generation yields.
 
     Attributes:
-        heatmaps: float32 ``[B, gh, gw]`` raw heatmaps (mean attention over image tokens).
+        heatmaps: ``{layer_index: float32 [B, gh, gw]}`` raw heatmaps (mean attention over image tokens).
         answers: the decoded answers (special tokens removed, stripped).
         steps: forward calls averaged per sample (= tokens it generated, EOS included).
         boxes: per image, the grid box of the image inside its padded square.
     """
 
-    heatmaps: torch.Tensor
+    heatmaps: Dict[int, torch.Tensor]
     answers: List[str]
     steps: List[int]
     boxes: List[Tuple[float, float, float, float]]
@@ -395,9 +394,11 @@ class LlavaBackend(Backend):
         "max_new_tokens": 20,
         "answer_column": "api_answer",
     }
+    map_names = ("attention",)
 
     @classmethod
     def resolve_config(cls, config: PrompterConfig) -> PrompterConfig:
+        config = super().resolve_config(config)
         if config.pretrained is not None:
             raise ValueError(
                 "backend 'llava' takes its weights from `model` (a Hub id or a local directory); "
@@ -442,6 +443,15 @@ class LlavaBackend(Backend):
         path = _local_path(config.model)
         return config if path is None else config.replace(model=LOCAL_DIR + local_name(str(path)))
 
+    option_fields = ("max_new_tokens", "answer_column")
+    column_option_fields = ("answer_column",)
+    name_fields = ("max_new_tokens",)
+
+    @classmethod
+    def name_parts(cls, config: PrompterConfig) -> List[str]:
+        """``t{max_new_tokens}``."""
+        return [] if config.max_new_tokens is None else [f"t{config.max_new_tokens}"]
+
     def __init__(self, config: PrompterConfig, device: torch.device):
         super().__init__(config, device)
         transformers = _transformers()
@@ -460,9 +470,9 @@ class LlavaBackend(Backend):
         self.fill = tuple(int(x * 255) for x in mean)  # LLaVA-1.5: expand2square(image, mean color)
         layers = getattr(getattr(self.model, "model", None), "language_model", None)
         layers = getattr(layers, "layers", None)
-        if layers is None or not hasattr(layers[config.layer_index], "self_attn"):
+        if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
             raise ValueError(f"backend 'llava' cannot find the decoder layers of {config.model!r}")
-        self.attention = layers[config.layer_index].self_attn
+        self.decoder_layers = layers
         generation = self.model.generation_config
         eos = generation.eos_token_id if generation.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_token_ids = set([eos] if isinstance(eos, int) else list(eos or []))
@@ -515,11 +525,23 @@ class LlavaBackend(Backend):
 
     # -------------------------------------------------------------- generation
     @torch.inference_mode()
-    def generate(self, images: Sequence[Image.Image], questions: Sequence[str]) -> LlavaGeneration:
-        """Answer greedily and return the raw heatmaps, answers and per-sample step counts."""
+    def generate(self, images: Sequence[Image.Image], questions: Sequence[str],
+                 layers: Optional[Sequence[int]] = None) -> LlavaGeneration:
+        """Answer greedily and return the raw heatmaps of ``layers`` (default: ``layer_index``), answers and step counts.
+
+        Every requested decoder layer is captured during the same ``generate``.
+        """
+        layers = sorted(set([self.config.layer_index] if layers is None else layers))
+        for layer in layers:
+            _check_layer_index(layer, self.architecture.num_layers, self.config.model)
         inputs = self.inputs(images, questions)
         prompt_length = inputs["input_ids"].shape[1]
-        with ImageAttentionCapture(self.attention, self.image_positions(inputs["input_ids"])) as capture:
+        positions = self.image_positions(inputs["input_ids"])
+        with contextlib.ExitStack() as stack:
+            captures = {
+                layer: stack.enter_context(ImageAttentionCapture(self.decoder_layers[layer].self_attn, positions))
+                for layer in layers
+            }
             sequences = self.model.generate(
                 **inputs,
                 do_sample=False,
@@ -531,7 +553,7 @@ class LlavaBackend(Backend):
         generated = sequences[:, prompt_length:].cpu()
         steps = [self._generated_length(row) for row in generated]
         gh, gw = self.architecture.grid
-        heatmaps = capture.heatmaps(steps).reshape(-1, gh, gw)
+        heatmaps = {layer: capture.heatmaps(steps).reshape(-1, gh, gw) for layer, capture in captures.items()}
         answers = [self.tokenizer.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(generated, steps)]
         boxes = [square_box(image.size, (gh, gw)) for image in images]
         return LlavaGeneration(heatmaps=heatmaps, answers=answers, steps=steps, boxes=boxes)
@@ -543,9 +565,16 @@ class LlavaBackend(Backend):
                 return position + 1
         return len(row)
 
+    @classmethod
+    def recipe(cls, maps: Dict[str, torch.Tensor], enhance_coe: float, kernel_size: int) -> torch.Tensor:
+        return masks.attention_mask(maps["attention"], enhance_coe, kernel_size)
+
     @torch.inference_mode()
-    def __call__(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BackendOutput:
-        result = self.generate(images, questions)
-        mask = masks.attention_mask(result.heatmaps, self.config.enhance_coe, self.config.kernel_size)
+    def maps(self, images: Sequence[Image.Image], questions: Sequence[str], layers: Sequence[int]) -> RawMaps:
+        result = self.generate(images, questions, layers)
         extra = {self.config.answer_column: result.answers} if self.config.answer_column is not None else {}
-        return BackendOutput(masks=mask.cpu().numpy(), boxes=result.boxes, extra_columns=extra)
+        return RawMaps(
+            layers={layer: {"attention": heatmap.cpu()} for layer, heatmap in result.heatmaps.items()},
+            boxes=list(result.boxes),
+            extra_columns=extra,
+        )

@@ -2,28 +2,61 @@
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..prompter import ImagePrompter
 from .benchmarks import Benchmark
 from ..sharded import CHUNKS_DIR, run_sharded, work_key
-from .build import build_variant, rows_to_mask
+from ..stages import MapsPrompter, remask
+from .build import build_maps_variant, build_variant, rows_to_mask
 from .hub import HubPublisher, RetryPolicy
 from .layout import check_output_folder, write_variant
 from .sources import in_memory_source, load_source
-from .variants import variant_name
+from .variants import maps_variant_name, variant_name
 
 logger = logging.getLogger(__name__)
 
 
-def publish_variant(
-    prompter: ImagePrompter,
+def publish_variant(prompter: ImagePrompter, benchmark: Benchmark, **options) -> dict:
+    """Mask ``benchmark`` with ``prompter`` and publish it as a variant.
+
+    With ``repo_id``, everything that can stop the push (token, its role and
+    permissions, the namespace, the repo, an existing tag) is checked before the
+    source is read or any model runs; then the data is pushed as config
+    :func:`variant_name`, the card and picture are committed, and only then is the
+    tag ``{config}-v{version}`` created. With ``output_dir``, the same layout is
+    written to a folder. :func:`publish_sweep` with one prompter; same options.
+
+    Returns:
+        ``{"repo_id" or "output_dir", "config_name", "revision", "num_rows", ..., "summary"}``
+        (``revision`` is the tag, ``None`` for a folder).
+
+    Example:
+        >>> import tempfile
+        >>> from hf_api_prompt.bundled import DEMO_MODEL
+        >>> from hf_api_prompt.publishing import custom_benchmark
+        >>> prompter = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     result = publish_variant(prompter, custom_benchmark(None), output_dir=folder, limit=2)
+        >>> result["num_rows"], result["config_name"].startswith("clip-demo-clip-l2-e5-k3-lanczos-g0-h")
+        (2, True)
+        >>> result["config_name"].endswith("-first2")
+        True
+    """
+    result = publish_sweep([prompter], benchmark, **options)
+    if "variants" not in result:  # not the main process
+        return result
+    return {**result["variants"][0], "summary": result["summary"]}
+
+
+def publish_sweep(
+    prompters: Sequence[ImagePrompter],
     benchmark: Benchmark,
     *,
     output_dir=None,
@@ -40,19 +73,20 @@ def publish_variant(
     retry: Optional[RetryPolicy] = None,
     chunk_size: int = 256,
     work_dir=None,
+    maps_only: bool = False,
 ) -> dict:
-    """Mask ``benchmark`` with ``prompter`` and publish it as a variant.
+    """Publish one variant per prompter, with one model pass per group that shares a model (all its layers at once).
 
-    With ``repo_id``, everything that can stop the push (token, its role and
-    permissions, the namespace, the repo, an existing tag) is checked before the
-    source is read or any model runs; then the data is pushed as config
-    :func:`variant_name`, the card and picture are committed, and only then is the
-    tag ``{config}-v{version}`` created. With ``output_dir``, the same layout is
-    written to a folder.
+    Prompters that differ only in ``layer_index``, the recipe (``enhance_coe``,
+    ``kernel_size``) or the prompt (``interpolation``, ``grayscale``, ``geometry``)
+    share one maps run (:class:`~hf_api_prompt.stages.MapsPrompter`); each variant is
+    then made from the maps with no model (:func:`~hf_api_prompt.stages.remask`) and
+    published as an ordinary variant: its own config, tag, card row and record, the
+    same as :func:`publish_variant` of that prompter alone. Every name, the folder or
+    the Hub repo and the source are checked before any model runs.
 
     Args:
-        prompter: an :class:`ImagePrompter` whose ``image_column``/``question_column``
-            are the benchmark's.
+        prompters: e.g. :func:`hf_api_prompt.stages.sweep`; their columns must be the benchmark's.
         benchmark: a preset (:func:`get_benchmark`) or :func:`custom_benchmark`.
         output_dir: local folder (exclusive with ``repo_id``).
         repo_id: Hub dataset repo (exclusive with ``output_dir``).
@@ -64,27 +98,20 @@ def publish_variant(
         num_proc: ``datasets`` worker processes per chunk (the accelerate-free way to use several GPUs).
         limit, keep_original_image, preview_rows: see :func:`build_variant`.
         retry: how transient Hub errors are retried.
-        chunk_size, work_dir: rows per resumable chunk and where chunks are kept
+        chunk_size, work_dir: rows per resumable chunk of the maps run and where chunks are kept
             (default: ``<output_dir>/.api_chunks``, or the ``datasets`` cache for a push);
             see :func:`hf_api_prompt.sharded.run_sharded`. Under ``accelerate launch``
-            every process masks a contiguous shard and the main process publishes.
+            every process computes a contiguous shard and the main process publishes.
+        maps_only: publish the maps datasets themselves (one per model pass, named by
+            :func:`maps_variant_name`), to be remasked later (:func:`publish_remask`).
 
     Returns:
-        ``{"repo_id" or "output_dir", "config_name", "revision", "num_rows", ...}``
-        (``revision`` is the tag, ``None`` for a folder).
-
-    Example:
-        >>> import tempfile
-        >>> from hf_api_prompt.bundled import DEMO_MODEL
-        >>> from hf_api_prompt.publishing import custom_benchmark
-        >>> prompter = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2)
-        >>> with tempfile.TemporaryDirectory() as folder:
-        ...     result = publish_variant(prompter, custom_benchmark(None), output_dir=folder, limit=2)
-        >>> result["num_rows"], result["config_name"].startswith("clip-demo-clip-l2-e5-k3-lanczos-g0-h")
-        (2, True)
-        >>> result["config_name"].endswith("-first2")
-        True
+        ``{"variants": [publish result per variant or maps dataset], "model_passes": n,
+        "num_variants": m, "summary": {...}}`` on the main process.
     """
+    prompters = list(prompters)
+    if not prompters:
+        raise ValueError("no prompter to publish (nothing was computed)")
     if (output_dir is None) == (repo_id is None):
         raise ValueError("give exactly one of output_dir (local folder) and repo_id (Hub)")
     _check_counts(batch_size=batch_size, chunk_size=chunk_size, limit=limit, num_proc=num_proc)
@@ -92,15 +119,19 @@ def publish_variant(
     for name, folder in (("output_dir", output_dir), ("work_dir", chunks)):
         if folder is not None:
             _check_writable(Path(folder), name)
-    config = prompter.config
-    if (config.image_column, config.question_column) != (benchmark.image_column, benchmark.question_column):
-        raise ValueError(
-            f"the prompter reads ({config.image_column!r}, {config.question_column!r}) but the benchmark's columns are "
-            f"({benchmark.image_column!r}, {benchmark.question_column!r})"
-        )
-    name = variant_name(config, first_rows=limit)
+    for prompter in prompters:
+        config = prompter.config
+        if (config.image_column, config.question_column) != (benchmark.image_column, benchmark.question_column):
+            raise ValueError(
+                f"the prompter reads ({config.image_column!r}, {config.question_column!r}) but the benchmark's columns "
+                f"are ({benchmark.image_column!r}, {benchmark.question_column!r}) (nothing was computed)"
+            )
+    groups = [(maps, [p for p in prompters if maps.serves(p.config) is None]) for maps in MapsPrompter.for_prompters(prompters)]
+    names = ([maps_variant_name(maps, first_rows=limit) for maps, _ in groups] if maps_only
+             else [variant_name(p.config, first_rows=limit) for p in prompters])
     if output_dir is not None:  # never overwrite files we did not write; checked before any compute
-        check_output_folder(output_dir, name, computed=False)
+        for name in names:
+            check_output_folder(output_dir, name, computed=False)
     state = _process_state()
     publisher = None
     # The main process goes first: it creates the repo and fills the download cache,
@@ -108,25 +139,52 @@ def publish_variant(
     with state.main_process_first():
         if repo_id is not None:
             publisher = HubPublisher(repo_id, token=token, private=private, retry=retry)
-            publisher.preflight(name)  # before any compute
+            for name in names:
+                publisher.preflight(name)  # before any compute
         source = in_memory_source(dataset, benchmark) if dataset is not None else load_source(benchmark, revision=revision, token=token)
-    rows = rows_to_mask(prompter, source, limit)
-    _check_rows(prompter, rows, source, benchmark)
-    mapped, summary = run_sharded(
-        prompter, rows, chunks, chunk_size=chunk_size, batch_size=batch_size, state=state,
-        map_kwargs={"num_proc": num_proc} if num_proc else None,
-    )
-    if mapped is None:  # not the main process: the main one writes
-        return {"process_index": state.process_index, "summary": dataclasses.asdict(summary)}
-    built = build_variant(
-        prompter, source, benchmark, mapped, limit=limit, keep_original_image=keep_original_image, preview_rows=preview_rows
-    )
-    result = publisher.publish(built) if publisher is not None else write_variant(output_dir, built)
-    shutil.rmtree(chunks / work_key(prompter, rows, chunk_size), ignore_errors=True)  # published: chunks are spent
+    rows = rows_to_mask(prompters[0], source, limit)
+    for maps, _ in groups:
+        _check_rows(maps, rows, source, benchmark)
+    results, summaries = [], []
+    for maps, members in groups:
+        mapped, summary = run_sharded(
+            maps, rows, chunks, chunk_size=chunk_size, batch_size=batch_size, state=state,
+            map_kwargs={"num_proc": num_proc} if num_proc else None,
+        )
+        summaries.append(summary)
+        if mapped is None:  # not the main process: the main one writes
+            continue
+        if maps_only:
+            builds = [build_maps_variant(maps, source, benchmark, mapped, limit=limit)]
+        else:
+            builds = (build_variant(member, source, benchmark, remask(mapped, member, maps_prompter=maps, batch_size=batch_size),
+                                    limit=limit, keep_original_image=keep_original_image, preview_rows=preview_rows)
+                      for member in members)
+        for built in builds:
+            results.append(publisher.publish(built) if publisher is not None else write_variant(output_dir, built))
+        shutil.rmtree(chunks / work_key(maps, rows, chunk_size), ignore_errors=True)  # published: chunks are spent
     if chunks.is_dir() and not any(chunks.iterdir()):
         chunks.rmdir()
-    logger.info("summary: %s", summary)
-    return {**result, "summary": {**dataclasses.asdict(summary), "rows_per_second": summary.rows_per_second}}
+    total = _sum_summaries(summaries)
+    if not state.is_main_process:
+        return {"process_index": state.process_index, "summary": total}
+    logger.info("%d model pass(es), %d variant(s) published", len(groups), len(results))
+    return {"variants": results, "model_passes": len(groups), "num_variants": len(results), "summary": total}
+
+
+def _sum_summaries(summaries) -> dict:
+    """The runs' summaries added up (their seconds too: the runs are one after the other)."""
+    total = {
+        "rows": sum(s.rows for s in summaries),
+        "computed_rows": sum(s.computed_rows for s in summaries),
+        "reused_chunks": sum(s.reused_chunks for s in summaries),
+        "computed_chunks": sum(s.computed_chunks for s in summaries),
+        "failures": dict(sum((collections.Counter(s.failures) for s in summaries), collections.Counter())),
+        "seconds": sum(s.seconds for s in summaries),
+        "processes": max(s.processes for s in summaries),
+    }
+    total["rows_per_second"] = total["computed_rows"] / total["seconds"] if total["seconds"] > 0 else float("nan")
+    return total
 
 
 def _check_counts(**counts):
@@ -150,7 +208,7 @@ def _check_writable(folder: Path, name: str):
         ) from None
 
 
-def _check_rows(prompter: ImagePrompter, rows, source, benchmark: Benchmark):
+def _check_rows(prompter, rows, source, benchmark: Benchmark):
     """The rows to mask exist and have the prompter's columns (the model is not loaded yet)."""
     where = f"{source.dataset_id} (split {benchmark.split!r})"
     if len(rows) == 0:

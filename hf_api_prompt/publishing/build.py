@@ -20,7 +20,7 @@ from ..backends.base import portable_config
 from ..prompter import ImagePrompter
 from .benchmarks import Benchmark
 from .sources import Source
-from .variants import PREVIEW_DIR, VariantRecord, lmms_eval_task_name, variant_name
+from .variants import PREVIEW_DIR, VariantRecord, lmms_eval_task_name, maps_variant_name, variant_name
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,47 @@ def build_variant(
     mapped = mapped.select_columns(order + extra)
 
     name = variant_name(config, first_rows=limit)
-    record = VariantRecord(
+    record = _record(config, name, source, benchmark, limit, len(mapped), columns={
+        "image": image,
+        "heatmap": heatmap,
+        "original_image": original_image_column(image) if keep_original_image else None,
+        "status": config.status_column if config.on_error == "passthrough" else None,
+    }, lmms_eval=(
+        {"base_task": benchmark.lmms_eval_task, "task": lmms_eval_task_name(benchmark.lmms_eval_task, name)}
+        if benchmark.lmms_eval_task
+        else None
+    ), preview=f"{PREVIEW_DIR}/{name}.png" if preview is not None else None)
+    return BuiltVariant(dataset=mapped, record=record, preview=preview)
+
+
+def build_maps_variant(maps_prompter, source: Source, benchmark: Benchmark, mapped, *, limit: Optional[int] = None) -> BuiltVariant:
+    """Lay out a maps dataset (``mapped``: the source rows after ``maps_prompter`` ran) as a publishable variant.
+
+    The source's columns stay as they are (the original image included), the maps
+    columns follow; the record's ``prompter`` is the maps' base config and its
+    ``maps`` the layers and columns. A variant of any of those layers is made from it
+    with :func:`hf_api_prompt.stages.remask` (``hf-api-prompt remask``), without a model.
+    """
+    from ..stages import maps_columns
+
+    config = maps_prompter.config
+    name = maps_variant_name(maps_prompter, first_rows=limit)
+    record = _record(config, name, source, benchmark, limit, len(mapped), columns={
+        "image": config.image_column,
+        "heatmap": None,
+        "original_image": None,
+        "status": config.status_column if config.on_error == "passthrough" else None,
+    }, lmms_eval=None, preview=None)
+    record.maps = {"layers": list(maps_prompter.layers), "columns": maps_columns(maps_prompter)}
+    return BuiltVariant(dataset=mapped, record=record, preview=None)
+
+
+def _record(config, name: str, source: Source, benchmark: Benchmark, limit: Optional[int], num_rows: int, *,
+            columns: dict, lmms_eval: Optional[dict], preview: Optional[str]) -> VariantRecord:
+    return VariantRecord(
         config_name=name,
         split=benchmark.split,
-        num_rows=len(mapped),
+        num_rows=num_rows,
         created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         library_version=__version__,
         prompter=portable_config(config).to_dict(),  # local weights by name and sha256, not by path
@@ -103,29 +140,19 @@ def build_variant(
             "revision": source.revision,
             "from_hub": source.from_hub,
             "split": benchmark.split,
-            "rows": f"first {len(mapped)}" if limit is not None else "all",
+            "rows": f"first {num_rows}" if limit is not None else "all",
             "benchmark": benchmark.name,
             "pretty_name": benchmark.pretty_name or source.dataset_id,
             "license": source.license or benchmark.license,
             "homepage": benchmark.homepage,
             "citation": benchmark.citation,
-            "image_column": image,
+            "image_column": config.image_column,
             "question_column": config.question_column,
         },
-        columns={
-            "image": image,
-            "heatmap": heatmap,
-            "original_image": original_image_column(image) if keep_original_image else None,
-            "status": config.status_column if config.on_error == "passthrough" else None,
-        },
-        lmms_eval=(
-            {"base_task": benchmark.lmms_eval_task, "task": lmms_eval_task_name(benchmark.lmms_eval_task, name)}
-            if benchmark.lmms_eval_task
-            else None
-        ),
-        preview=f"{PREVIEW_DIR}/{name}.png" if preview is not None else None,
+        columns=columns,
+        lmms_eval=lmms_eval,
+        preview=preview,
     )
-    return BuiltVariant(dataset=mapped, record=record, preview=preview)
 
 
 def _preview(result, config, rows: int):

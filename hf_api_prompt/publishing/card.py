@@ -66,12 +66,13 @@ def _weights(config) -> str:
 
 
 def _row(record: VariantRecord) -> dict:
-    from ..backends.base import portable_config
+    from ..backends.base import get_backend, portable_config
 
     prompter, source = record.prompter, record.source
     config = portable_config(record.config)  # records of older versions may hold absolute paths
+    backend = get_backend(config.backend)
     other = []
-    for key in ("max_new_tokens", "dtype"):
+    for key in (*(f for f in backend.option_fields if f not in backend.column_option_fields), "dtype"):
         if prompter.get(key) is not None:
             other.append(f"{key}={prompter[key]}")
     if prompter.get("on_error") != "raise":

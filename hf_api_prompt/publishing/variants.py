@@ -24,31 +24,35 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from .._version import __version__
 from ..config import PrompterConfig
 
 VARIANTS_FILE = "api_variants.json"
 PREVIEW_DIR = "previews"
-#: Config fields that say nothing about the method (where it ran, which columns it used).
-_NOT_IDENTITY = {"device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
-                 "status_column", "answer_column"}
-#: Config fields that ``variant_name`` spells out; any other identity field that differs from its default adds the hash.
+#: Config fields that ``variant_name`` spells out for every backend (a backend adds its ``Backend.name_fields``);
+#: any other identity field that differs from its default adds the hash.
 _READABLE = {"backend", "model", "pretrained", "layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale",
-             "geometry", "max_new_tokens"}
+             "geometry"}
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PrompterConfig)}
-_LOCAL, _HUB = "local-dir:", "hf-hub:"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+def _not_identity() -> Set[str]:
+    """Config fields that say nothing about the method: where it ran, the version, and every column name.
 
+    The column names are ``PrompterConfig``'s own (all that ``column_fields`` can list) and those
+    any backend adds (``Backend.column_option_fields``).
 
-def _lossless(text: str) -> bool:
-    """True when the slug of ``text`` loses nothing but case and ``_``/``-``/``.`` spelling."""
-    return _slug(text) == re.sub(r"[_.]", "-", text.lower())
+    >>> sorted(_not_identity())  # doctest: +NORMALIZE_WHITESPACE
+    ['answer_column', 'device', 'heatmap_column', 'image_column', 'library_version', 'masked_image_column',
+     'question_column', 'status_column']
+    """
+    from ..backends import available_backends, get_backend
+
+    every_column = PrompterConfig(backend="", model="", pretrained=None, layer_index=0, on_error="passthrough")
+    backend_columns = {f for name in available_backends() for f in get_backend(name).column_option_fields}
+    return {"device", "library_version", *every_column.column_fields(), *backend_columns}
 
 
 def _number(value: float) -> str:
@@ -82,7 +86,8 @@ def identity(config: PrompterConfig) -> Dict[str, Any]:
     """
     from ..backends.base import portable_config
 
-    return {k: v for k, v in sorted(portable_config(config).to_dict().items()) if k not in _NOT_IDENTITY}
+    skip = _not_identity()
+    return {k: v for k, v in sorted(portable_config(config).to_dict().items()) if k not in skip}
 
 
 def config_hash(config: PrompterConfig, length: int = 8) -> str:
@@ -94,10 +99,13 @@ def config_hash(config: PrompterConfig, length: int = 8) -> str:
 def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> str:
     """Deterministic, readable config name for a parameter set; two parameter sets never share one.
 
-    ``{backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-t{max_new_tokens}][-h{hash}][-first{n}]``.
+    ``{backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{own}][-h{hash}][-first{n}]``.
+    ``model`` is the backend's ``model_name_part`` (by default the slug of the id;
+    local weights by their folder name; clip's ``hf-hub:org/name`` as ``org-name``).
     ``pretrained`` appears unless it is the backend's default for its default model
     or the model id names the weights (``random`` for random weights); ``geometry``
-    unless it is ``"paper"``. ``coe`` is spelled exactly (see :func:`_number`). A
+    unless it is ``"paper"``. ``own`` are the backend's ``name_parts`` (llava:
+    ``t{max_new_tokens}``). ``coe`` is spelled exactly (see :func:`_number`). A
     hash of the full :func:`identity` is appended whenever the readable part does
     not spell out every identity field exactly: local model folders or weight files
     (named by their folder or file name, identified by their sha256), names that
@@ -114,35 +122,25 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
         True
     """
     from ..backends import get_backend
-    from ..backends.base import portable_config
+    from ..backends.base import lossless, portable_config, slug
 
     config = portable_config(config)
     backend = get_backend(config.backend)
-    parts = [_slug(config.backend)]
-    exact = _lossless(config.backend)
+    model_part, model_exact = backend.model_name_part(config)
+    parts = [slug(config.backend), model_part]
+    exact = lossless(config.backend) and model_exact
 
-    model = config.model
-    if model.startswith(_LOCAL):
-        parts.append(_slug(model[len(_LOCAL):]) or "local")
-        exact = False  # the prefix is dropped; weights_sha256 identifies the weights
-    elif model.startswith(_HUB):
-        parts.append(_slug(model[len(_HUB):]))
-        exact = False  # "org/name" -> "org-name" is lossy
-    else:
-        parts.append(_slug(model))
-        exact &= _lossless(model)
-
-    pretrained = config.pretrained
+    model, pretrained = config.model, config.pretrained
     if backend.model_names_weights(config):
         exact &= pretrained is None  # a pretrained the loader ignores still counts, through the hash
     elif random_weights(config):
         parts.append("random")
     elif (model, pretrained) != (backend.defaults.get("model"), backend.defaults.get("pretrained")):
         if config.weights_sha256 is not None:  # a weights file, by its name (its sha256 is in the hash)
-            parts.append(_slug(os.path.splitext(pretrained)[0]) or "weights")
+            parts.append(slug(os.path.splitext(pretrained)[0]) or "weights")
         else:
-            parts.append(_slug(pretrained))
-            exact &= _lossless(pretrained) and _slug(pretrained) != "random"
+            parts.append(slug(pretrained))
+            exact &= lossless(pretrained) and slug(pretrained) != "random"
 
     parts += [
         f"l{config.layer_index}",
@@ -153,14 +151,34 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     ]
     if config.geometry != "paper":
         parts.append(config.geometry)
-    if config.max_new_tokens is not None:
-        parts.append(f"t{config.max_new_tokens}")
-    unspelled = {k: v for k, v in identity(config).items() if k not in _READABLE and v != _FIELD_DEFAULTS[k]}
+    parts += backend.name_parts(config)
+    readable = _READABLE | set(backend.name_fields)
+    unspelled = {k: v for k, v in identity(config).items() if k not in readable and v != _FIELD_DEFAULTS[k]}
     if unspelled or not exact:
         parts.append("h" + config_hash(config))
     if first_rows is not None:
         parts.append(f"first{first_rows}")
     return "-".join(p for p in parts if p)
+
+
+def maps_variant_name(maps_prompter, first_rows: Optional[int] = None) -> str:
+    """The config name of a maps dataset: the variant name with ``-maps-l{a}-{b}-...`` for its recipe and prompt.
+
+    The layers are spelled, the recipe and prompt are left open (they are chosen when remasking).
+
+    Example:
+        >>> from hf_api_prompt.stages import MapsPrompter
+        >>> paper = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
+        >>> maps_variant_name(MapsPrompter(paper, [20, 21, 22]))
+        'clip-vit-l-14-336-maps-l20-21-22'
+    """
+    config = maps_prompter.config
+    layers = maps_prompter.layers
+    # The base config's open fields are at their defaults, which variant_name spells as this part:
+    open_part = f"-l{config.layer_index}-e{_number(config.enhance_coe)}-k{config.kernel_size}-{config.interpolation.lower()}-g{config.grayscale}"
+    name = variant_name(config, first_rows=first_rows)
+    head, _, tail = name.partition(open_part)
+    return f"{head}-maps-l{'-'.join(map(str, layers))}{tail}"
 
 
 def variant_tag(config_name: str, library_version: str = __version__) -> str:
@@ -196,6 +214,8 @@ class VariantRecord:
             ``original_image`` (``None`` unless kept), ``status`` (passthrough only).
         lmms_eval: ``base_task`` and ``task`` names, or ``None``.
         preview: path of the before/heatmap/after picture in the repo.
+        maps: for a maps dataset (:func:`maps_variant_name`), its ``layers`` and maps ``columns``;
+            ``None`` for a masked variant.
     """
 
     config_name: str
@@ -209,6 +229,7 @@ class VariantRecord:
     lmms_eval: Optional[Dict[str, str]] = None
     preview: Optional[str] = None
     tag: Optional[str] = None
+    maps: Optional[Dict[str, Any]] = None
 
     @property
     def config(self) -> PrompterConfig:

@@ -1,0 +1,93 @@
+"""Stage 3 of docs/method.md: visual prompts, grid mask + image -> prompted image (pure, no model).
+
+A prompt style is one function registered under a name; it receives the RGB
+image, its grid mask as ``uint8`` (``floor(mask * 255)``), the grid box the image
+maps to (``None``: the grid is stretched over the whole image) and the config,
+and returns a :class:`Prompted`. :func:`apply_prompt` is the stage's entry point,
+used by :class:`~hf_api_prompt.ImagePrompter`, by remasking a maps dataset, by
+lmms-eval's on-the-fly masking and by the playground alike.
+
+Example:
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from hf_api_prompt import PrompterConfig
+    >>> config = PrompterConfig(backend="clip", model="ViT-B-16", pretrained=None, layer_index=0, grayscale=100)
+    >>> [out] = apply_prompt(config, [Image.new("RGB", (4, 2), (200, 200, 200))], np.zeros((1, 2, 2), np.float32), [None])
+    >>> out.image.getpixel((0, 0)), out.weights.getpixel((0, 0))
+    ((100, 100, 100), 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import masks
+from .config import PrompterConfig
+
+Box = masks.Box
+
+
+@dataclasses.dataclass
+class Prompted:
+    """A prompted image and the per-pixel weights it was made with.
+
+    Attributes:
+        image: the prompted RGB image, the input's size.
+        weights: mode ``"L"`` image of the input's size: how much of each pixel is kept (255: all).
+    """
+
+    image: Image.Image
+    weights: Image.Image
+
+
+PromptStyle = Callable[[Image.Image, np.ndarray, Optional[Box], PrompterConfig], Prompted]
+_STYLES: Dict[str, PromptStyle] = {}
+
+
+def register_prompt(name: str):
+    """Function decorator: make a prompt style available under ``name``."""
+
+    def register(function: PromptStyle) -> PromptStyle:
+        _STYLES[name] = function
+        return function
+
+    return register
+
+
+def available_prompts() -> List[str]:
+    return sorted(_STYLES)
+
+
+@register_prompt("mask")
+def soft_mask(image: Image.Image, grid_u8: np.ndarray, box: Optional[Box], config: PrompterConfig) -> Prompted:
+    """The paper's prompt: the grid mask resized to the image (``interpolation``), blended towards ``grayscale``."""
+    weights = masks.mask_to_pixels(grid_u8, image.size, Image.Resampling[config.interpolation], box)
+    return Prompted(masks.blend(image, weights, config.grayscale), weights)
+
+
+def apply_prompt(
+    config: PrompterConfig,
+    images: Sequence[Image.Image],
+    grid_masks: np.ndarray,
+    boxes: Sequence[Optional[Box]],
+    style: str = "mask",
+) -> List[Prompted]:
+    """Prompt each image with its grid mask ``[B, gh, gw]`` in [0, 1].
+
+    Args:
+        boxes: the backend's grid box of each image; used only with ``geometry="aligned"``.
+
+    Raises:
+        ValueError: ``geometry="aligned"`` for an image whose box is unknown.
+    """
+    if style not in _STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; available: {available_prompts()}")
+    if config.geometry == "aligned" and any(box is None for box in boxes):
+        raise ValueError("geometry='aligned' needs the grid box of every image, and the maps hold none for some")
+    use = boxes if config.geometry == "aligned" else [None] * len(images)
+    grid_u8 = masks.mask_to_uint8(grid_masks)
+    return [_STYLES[style](image, grid, box, config) for image, grid, box in zip(images, grid_u8, use)]

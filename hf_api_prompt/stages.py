@@ -1,0 +1,289 @@
+"""Compute once, sweep everything: the maps stage as a dataset, remasking, parameter products.
+
+docs/method.md, "Three stages": only stage 1 (maps) touches a model, and one
+forward pass yields the raw maps of every requested layer. A *maps dataset* is
+the source split plus those maps as typed columns (and the backend's own
+columns, e.g. llava's answer); any variant of its layers is then made from it
+without a model by :func:`remask`, and equals the same parameter set run
+directly with :class:`~hf_api_prompt.ImagePrompter`.
+
+Example (the bundled model, two layers, 2 x 2 x 2 = 8 variants from one pass):
+    >>> from datasets import Dataset
+    >>> from PIL import Image
+    >>> from hf_api_prompt.bundled import DEMO_MODEL
+    >>> ds = Dataset.from_dict({"image": [Image.new("RGB", (64, 48), "red")], "question": ["Where is it?"]})
+    >>> prompters = sweep("clip", model=DEMO_MODEL, layer_index=[1, 2], enhance_coe=[1, 5], grayscale=[0, 200])
+    >>> [maps_prompter] = MapsPrompter.for_prompters(prompters)
+    >>> maps = maps_prompter.map(ds)              # the model runs here, once
+    >>> maps_prompter.layers, [c for c in maps.column_names if c.startswith("api_")][:3]
+    ((1, 2), ['api_maps_config', 'api_grid_box', 'api_attention_l1'])
+    >>> variant = remask(maps, prompters[0])       # no model
+    >>> variant.column_names
+    ['image', 'question', 'masked_image', 'heatmap']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import prompts
+from .backends import get_backend
+from .config import PrompterConfig
+from .inputs import open_image
+from .prompter import ImagePrompter, _BatchFunction, _Rows, grid_masks
+
+#: The JSON of the maps' base config and layers, the same on every row (so any copy of a row can be remasked).
+MAPS_CONFIG_COLUMN = "api_maps_config"
+#: Per row, the grid box of the image (``geometry="aligned"``), or ``None`` when the backend has none.
+BOX_COLUMN = "api_grid_box"
+#: Config fields a maps dataset leaves open: which of its layers, the recipe, the prompt and the output columns.
+OPEN_FIELDS = ("layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale", "geometry",
+               "masked_image_column", "heatmap_column")
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PrompterConfig)}
+
+
+def maps_column(name: str, layer: int) -> str:
+    """The column of raw map ``name`` of layer ``layer``: ``api_{name}_l{layer}``.
+
+    >>> maps_column("attention", 22)
+    'api_attention_l22'
+    """
+    return f"api_{name}_l{layer}"
+
+
+def maps_base(config: PrompterConfig) -> PrompterConfig:
+    """``config`` with the fields a maps dataset leaves open at their defaults (``layer_index`` 0).
+
+    Two configs with the same base are served by one model pass.
+    """
+    return config.replace(layer_index=0, **{f: _FIELD_DEFAULTS[f] for f in OPEN_FIELDS if f != "layer_index"})
+
+
+def sweep(backend: str = "clip", **params: Any) -> List[ImagePrompter]:
+    """The Cartesian product of parameter values, one validated :class:`ImagePrompter` per combination.
+
+    A list or tuple value is several values; any other value is one. The order is
+    the product's in the order the parameters are given; combinations that resolve
+    to the same config (e.g. ``kernel_size="auto"`` and the size it stands for) are kept once.
+
+    Raises:
+        ValueError: a parameter with no value, or an invalid combination (before any model loads).
+
+    >>> from hf_api_prompt.bundled import DEMO_MODEL
+    >>> [(p.config.layer_index, p.config.grayscale) for p in sweep("clip", model=DEMO_MODEL, layer_index=[1, 2], grayscale=[0, 9])]
+    [(1, 0), (1, 9), (2, 0), (2, 9)]
+    """
+    names = list(params)
+    choices = [list(value) if isinstance(value, (list, tuple)) else [value] for value in params.values()]
+    for name, values in zip(names, choices):
+        if not values:
+            raise ValueError(f"{name} has no value to sweep over")
+    prompters: Dict[PrompterConfig, ImagePrompter] = {}
+    for combination in itertools.product(*choices):
+        prompter = ImagePrompter(backend, **dict(zip(names, combination)))
+        prompters.setdefault(prompter.config, prompter)
+    return list(prompters.values())
+
+
+class MapsPrompter(_BatchFunction):
+    """Stage 1 as a ``datasets.map`` function: the raw maps of several layers from one model pass.
+
+    Adds :data:`MAPS_CONFIG_COLUMN`, :data:`BOX_COLUMN`, one ``Array2D`` column per
+    raw map and layer (:func:`maps_column`), the backend's own columns and, with
+    ``on_error="passthrough"``, the status column. Bad rows follow the prompter's
+    policy; their maps are ``None``.
+
+    Args:
+        config: any config of the group (its open fields are ignored: :func:`maps_base`).
+        layers: the layers to read, each valid for the model.
+    """
+
+    def __init__(self, config: PrompterConfig, layers: Sequence[int]):
+        self.layers = tuple(sorted(set(layers)))
+        if not self.layers:
+            raise ValueError("a maps run needs at least one layer")
+        base = maps_base(config)
+        # The deepest layer is the one the backend is validated and built for; the others lie below it.
+        self.config = base.replace(layer_index=self.layers[-1])
+        self._backend = None
+
+    @classmethod
+    def for_prompters(cls, prompters: Sequence[ImagePrompter]) -> List["MapsPrompter"]:
+        """One maps run per group of prompters that share a model pass (same :func:`maps_base`), in first-seen order."""
+        groups: Dict[PrompterConfig, List[int]] = {}
+        for prompter in prompters:
+            groups.setdefault(maps_base(prompter.config), []).append(prompter.config.layer_index)
+        return [cls(base, layers) for base, layers in groups.items()]
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"config": self.config.to_json(), "layers": list(self.layers)}
+
+    def __setstate__(self, state: Dict[str, Any]):
+        super().__setstate__(state)
+        self.layers = tuple(state["layers"])
+
+    def __repr__(self) -> str:
+        return f"MapsPrompter({self.config.to_json()}, layers={list(self.layers)})"
+
+    def _description(self) -> str:
+        return f"API maps ({self.config.backend}, layers {', '.join(map(str, self.layers))})"
+
+    def _kind(self) -> str:
+        return "maps run"
+
+    def serves(self, config: PrompterConfig) -> Optional[str]:
+        """Why ``config`` cannot be made from these maps, or ``None`` when it can."""
+        if maps_base(config) != maps_base(self.config):
+            differ = sorted(k for k, v in maps_base(config).to_dict().items() if maps_base(self.config).to_dict()[k] != v)
+            return f"the maps were made with other settings ({', '.join(differ)} differ)"
+        if config.layer_index not in self.layers:
+            return f"layer_index {config.layer_index} is not among the maps' layers {list(self.layers)}"
+        return None
+
+    def output_features(self) -> Dict[str, Any]:
+        from datasets import Array2D, Sequence as SequenceFeature, Value
+
+        backend = get_backend(self.config.backend)
+        grid = backend.grid_shape(self.config)
+        columns: Dict[str, Any] = {MAPS_CONFIG_COLUMN: Value("string"), BOX_COLUMN: SequenceFeature(Value("float64"), length=4)}
+        for layer in self.layers:
+            for name in backend.map_names:
+                columns[maps_column(name, layer)] = Array2D(grid, "float32")
+        columns.update(backend.extra_features(self.config))
+        if self.config.on_error == "passthrough":
+            columns[self.config.status_column] = Value("string")
+        return columns
+
+    def to_json(self) -> str:
+        """The value of :data:`MAPS_CONFIG_COLUMN`: sorted JSON of the base config and the layers."""
+        return json.dumps({"config": self.config.to_dict(), "layers": list(self.layers)}, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "MapsPrompter":
+        data = json.loads(text)
+        return cls(PrompterConfig.from_dict(data["config"]), data["layers"])
+
+    def _fill(self, rows: _Rows, columns: Dict[str, list], rank: Optional[int]):
+        columns[MAPS_CONFIG_COLUMN] = [self.to_json()] * len(rows.status)
+        good = rows.good
+        if not good:
+            return
+        raw = self.backend(rank).maps([rows.images[i] for i in good], [rows.questions[i] for i in good], self.layers)
+        self._check_extra(raw.extra_columns)
+        for slot, i in enumerate(good):
+            box = raw.boxes[slot]
+            columns[BOX_COLUMN][i] = None if box is None else [float(x) for x in box]
+            for layer, maps in raw.layers.items():
+                for name, value in maps.items():
+                    columns[maps_column(name, layer)][i] = value[slot].numpy()
+            for name, values in raw.extra_columns.items():
+                columns[name][i] = values[slot]
+
+
+def maps_prompter_of(dataset) -> MapsPrompter:
+    """The :class:`MapsPrompter` that made a maps dataset (read from its first row's :data:`MAPS_CONFIG_COLUMN`)."""
+    columns = dataset.column_names
+    if MAPS_CONFIG_COLUMN not in columns:
+        raise ValueError(f"not a maps dataset: it has no {MAPS_CONFIG_COLUMN!r} column (columns: {list(columns)})")
+    if len(dataset) == 0:
+        raise ValueError("the maps dataset has no rows")
+    return MapsPrompter.from_json(dataset.select_columns([MAPS_CONFIG_COLUMN])[0][MAPS_CONFIG_COLUMN])
+
+
+def maps_columns(maps_prompter: MapsPrompter) -> List[str]:
+    """The columns a maps run adds that a remasked variant does not keep."""
+    backend = get_backend(maps_prompter.config.backend)
+    return [MAPS_CONFIG_COLUMN, BOX_COLUMN] + [maps_column(n, l) for l in maps_prompter.layers for n in backend.map_names]
+
+
+class _Remask:
+    """Stages 2 and 3 over a maps dataset's batch (a ``datasets.map`` function; pickles as its configs)."""
+
+    def __init__(self, config: PrompterConfig, map_names: Tuple[str, ...]):
+        self.config = config
+        self.map_names = map_names
+
+    def __getstate__(self):
+        return {"config": self.config.to_json(), "map_names": list(self.map_names)}
+
+    def __setstate__(self, state):
+        self.config = PrompterConfig.from_json(state["config"])
+        self.map_names = tuple(state["map_names"])
+
+    def __call__(self, batch, *args) -> Dict[str, list]:
+        config = self.config
+        images = batch[config.image_column]
+        size = len(images)
+        layer = {name: batch[maps_column(name, config.layer_index)] for name in self.map_names}
+        masked: List[Any] = [None] * size
+        heatmaps: List[Any] = [None] * size
+        good = [i for i in range(size) if all(layer[name][i] is not None for name in self.map_names)]
+        for i in range(size):
+            if i not in good and images[i] is not None:
+                masked[i] = open_image(images[i])  # a passed-through row: unmasked, as ImagePrompter leaves it
+        if good:
+            decoded = [open_image(images[i]) for i in good]
+            grid = grid_masks(config, {name: np.stack([np.asarray(layer[name][i]) for i in good]) for name in self.map_names})
+            boxes = [batch[BOX_COLUMN][i] for i in good]
+            prompted = prompts.apply_prompt(config, decoded, grid, [None if b is None else tuple(b) for b in boxes])
+            for slot, i in enumerate(good):
+                masked[i] = prompted[slot].image
+                heatmaps[i] = grid[slot]
+        return {config.masked_image_column: masked, config.heatmap_column: heatmaps}
+
+
+def check_remask(maps_prompter: MapsPrompter, prompter: ImagePrompter):
+    """Raise ``ValueError`` when ``prompter``'s variant cannot be made from these maps (nothing is computed)."""
+    problem = maps_prompter.serves(prompter.config)
+    if problem:
+        raise ValueError(f"cannot remask with {prompter!r}: {problem}")
+
+
+def remask(maps_dataset, prompter: ImagePrompter, *, batch_size: int = 8, maps_prompter: Optional[MapsPrompter] = None,
+           **map_kwargs):
+    """The variant of ``prompter`` made from a maps dataset, with no model: what ``prompter.map(source)`` returns.
+
+    Same columns in the same order (the source's, then :meth:`ImagePrompter.output_features`),
+    heatmaps equal to the direct run's (the maps are stored as float32, exactly).
+
+    Args:
+        maps_dataset: from :meth:`MapsPrompter.map` (or a saved or published copy of it).
+        prompter: its config must share the maps' base (:func:`maps_base`) and use one of their layers.
+        maps_prompter: the maps' run, if known (read from the dataset otherwise).
+        **map_kwargs: forwarded to ``Dataset.map`` (``num_proc``, ``desc``, ...).
+    """
+    from datasets import Features, Image
+
+    maps_prompter = maps_prompter or maps_prompter_of(maps_dataset)
+    check_remask(maps_prompter, prompter)
+    config = prompter.config
+    extra = maps_columns(maps_prompter)
+    missing = [c for c in extra + [config.image_column] if c not in maps_dataset.column_names]
+    if missing:
+        raise ValueError(f"the maps dataset lacks the columns {missing}")
+    outputs = prompter.output_features()
+    source_columns = [c for c in maps_dataset.column_names if c not in extra and c not in outputs]
+    clash = [c for c in (config.masked_image_column, config.heatmap_column) if c in maps_dataset.column_names]
+    if clash:
+        raise ValueError(f"the maps dataset already has the columns {clash}, which remasking would overwrite")
+    column = config.image_column
+    feature = maps_dataset.features[column]
+    source = maps_dataset.cast_column(column, Image(decode=False)) if isinstance(feature, Image) and feature.decode else maps_dataset
+    features = {name: feature for name, feature in maps_dataset.features.items() if name not in extra}
+    features.update(outputs)
+
+    map_kwargs.setdefault("desc", f"API remask ({config.backend}, layer {config.layer_index})")
+    remasked = source.map(
+        _Remask(config, get_backend(config.backend).map_names), batched=True, batch_size=batch_size,
+        remove_columns=extra, features=Features(features), **map_kwargs,
+    )
+    return remasked.select_columns(source_columns + list(outputs))
+
+
+__all__ = ["MAPS_CONFIG_COLUMN", "BOX_COLUMN", "MapsPrompter", "maps_base", "maps_column", "maps_prompter_of", "remask",
+           "sweep", "check_remask"]
