@@ -8,7 +8,6 @@ masking through the real CLI.
 """
 
 import inspect
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +15,10 @@ import pytest
 from PIL import Image
 
 from hf_api_prompt import PrompterConfig, lmms_visual
-from hf_api_prompt.publishing.variants import VariantRecord, lmms_eval_task_name, variant_name
+from hf_api_prompt.publishing.variants import (
+    VARIANTS_FILE, VariantIndex, VariantRecord, lmms_eval_task_name, maps_variant_name, variant_name,
+)
+from hf_api_prompt.stages import MapsPrompter, maps_columns
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is the 'eval' extra")
 
@@ -26,36 +28,37 @@ from hf_api_prompt.publishing.lmms_export import (  # noqa: E402
     MODULE_MARK, FunctionRef, dump_task_yaml, export_lmms_eval, export_variants, task_config,
 )
 
-BASE = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=20)
-LAYERS = [20, 21, 22]
+PAPER = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
+MAPS = MapsPrompter(PAPER, [20, 21, 22])
+BASE = MAPS.config  # the maps' base config: the deepest layer, the open fields at their defaults
 MME_VISUAL = "lmms_eval.tasks.mme.utils.mme_doc_to_visual"
 
 
-def maps_record(config_name="clip-vit-l-14-336-maps-l20-21-22", rows="all", layers=LAYERS) -> VariantRecord:
-    """A maps dataset's record as the contract has it: ``prompter`` the base config, ``maps`` its layers."""
+def maps_record(rows="all") -> VariantRecord:
+    """A maps dataset's record as ``build_maps_variant`` writes it: ``prompter`` the base config, ``maps`` its layers."""
     return VariantRecord(
-        config_name=config_name, split="test", num_rows=2, created="2026-01-01T00:00:00+00:00", library_version="0.1.0",
-        prompter=BASE.to_dict(), columns={"image": "image", "heatmap": None, "original_image": None, "status": None},
+        config_name=maps_variant_name(MAPS, first_rows=4 if rows == "first 4" else None), split="test", num_rows=2,
+        created="2026-01-01T00:00:00+00:00", library_version="0.1.0", prompter=BASE.to_dict(),
+        columns={"image": "image", "heatmap": None, "original_image": None, "status": None},
         source={"dataset": "lmms-lab-encoder/MME", "split": "test", "rows": rows, "benchmark": "mme",
                 "image_column": "image", "question_column": "question"},
-        lmms_eval={"base_task": "mme", "task": None}, maps={"layers": list(layers)},
+        lmms_eval=None, maps={"layers": list(MAPS.layers), "columns": maps_columns(MAPS)},
     )
 
 
 def materialized_record(config: PrompterConfig) -> VariantRecord:
-    record = maps_record(config_name=variant_name(config))
-    record.prompter, record.maps = config.to_dict(), None
+    record = maps_record()
+    record.config_name, record.prompter, record.maps = variant_name(config), config.to_dict(), None
+    record.lmms_eval = {"base_task": "mme", "task": lmms_eval_task_name("mme", record.config_name)}
     return record
 
 
-def export_variants_of(tmp_path, params, *records):
+def export_variants_of(tmp_path, params, *records, base_task="mme"):
     """``export_variants`` of a local folder whose ``api_variants.json`` holds ``records`` (no data: nothing reads it)."""
-    from hf_api_prompt.publishing.variants import VARIANTS_FILE, VariantIndex
-
     folder = tmp_path / "maps"
     folder.mkdir(exist_ok=True)
     (folder / VARIANTS_FILE).write_text(VariantIndex({r.config_name: r for r in records}).to_json())
-    return export_variants(tmp_path / "tasks", dataset_dir=folder, params=params)
+    return export_variants(tmp_path / "tasks", dataset_dir=folder, params=params, base_task=base_task)
 
 
 @pytest.fixture
@@ -82,21 +85,22 @@ def test_one_task_per_recipe_named_as_the_materialized_variant(tmp_path):
         "mme_api_clip-vit-l-14-336-l21-e2p5-k5-bicubic-g7-aligned",
     ]
     for (task, path), params in zip(written, recipes):
-        assert task == lmms_eval_task_name("mme", variant_name(BASE.replace(**params)))
+        assert task == lmms_eval_task_name("mme", variant_name(PAPER.replace(**params)))
         assert path == tmp_path / "tasks" / f"{task}.yaml"
-        assert sorted(p.name for p in path.parent.iterdir()) == sorted(f"{t}.{ext}" for t, _ in written for ext in ("py", "yaml"))
+    assert sorted(p.name for p in (tmp_path / "tasks").iterdir()) == sorted(
+        f"{task}.{ext}" for task, _ in written for ext in ("py", "yaml"))
 
     # The ordinary export of the maps config (the base task's own keys), with only the name and doc_to_visual changed.
     task, path = written[1]
     dataset_path = str((tmp_path / "maps").resolve())
-    ordinary = task_config(record, dataset_path=dataset_path, revision=None)
+    ordinary = task_config(record, dataset_path=dataset_path, revision=None, base_task="mme")
     assert ordinary["doc_to_visual"] == MME_VISUAL
     expected = {**ordinary, "task": task, "doc_to_visual": FunctionRef(f"{task}.doc_to_visual")}
     body = "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("#"))
     assert body == dump_task_yaml(expected)
     seen = load_yaml_config(str(path), mode="simple")  # as lmms-eval indexes it: functions left as YAML nodes
     assert (seen["task"], seen["dataset_path"], seen["dataset_name"], seen["test_split"]) == (
-        task, dataset_path, record.config_name, "test")
+        task, dataset_path, "clip-vit-l-14-336-maps-l20-21-22", "test")
     assert (seen["doc_to_visual"].tag, seen["doc_to_visual"].value) == ("!function", f"{task}.doc_to_visual")
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
     assert any(f"{task}.py" in line and "layer_index 21, enhance_coe 2.5, kernel_size 5, interpolation BICUBIC, "
@@ -135,79 +139,83 @@ def test_a_two_parameter_doc_to_visual_still_gets_lmms_evals_kwargs(fake_masking
     """lmms-eval's own dispatch (``ConfigurableTask.doc_to_visual``) passes the kwargs to a 2-parameter function."""
     from lmms_eval.api.task import ConfigurableTask
 
-    recipe = BASE.replace(layer_index=22)
+    recipe = BASE.replace(layer_index=20)
     wrapped = lmms_visual.MaskedDocToVisual(f"{__name__}.two_parameter_visual", recipe.to_json())
     task = SimpleNamespace(config=SimpleNamespace(doc_to_visual=wrapped), lmms_eval_specific_kwargs={"pre_prompt": "x"})
     masked, kwargs = ConfigurableTask.doc_to_visual(task, {"image": Image.new("RGB", (4, 4))})
-    assert kwargs == {"pre_prompt": "x"} and masked.mode == "L" and masked.getpixel((0, 0)) == 22
+    assert kwargs == {"pre_prompt": "x"} and masked.mode == "L" and masked.getpixel((0, 0)) == 20
 
 
-def test_lmms_eval_loads_the_maps_task_and_its_dataset(tmp_path, fake_masking, monkeypatch):
-    """The exported folder through lmms-eval's TaskManager: the maps config's rows reach the wrapper, masked for the base."""
-    from datasets import Array2D, Dataset, Features, Image as ImageFeature, Value
+def test_lmms_eval_loads_the_maps_task_and_its_dataset(tmp_path, fake_masking):
+    """A maps dataset made by publish_sweep, through lmms-eval's TaskManager: its rows reach the wrapper, masked for MME's."""
+    from datasets import Dataset
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    from hf_api_prompt.publishing.build import BuiltVariant
-    from hf_api_prompt.publishing.layout import write_variant
+    from hf_api_prompt import ImagePrompter
+    from hf_api_prompt.backends.base import portable_config
+    from hf_api_prompt.bundled import DEMO_MODEL
+    from hf_api_prompt.publishing import get_benchmark, publish_sweep
 
     rng = np.random.RandomState(0)
-    images = [Image.fromarray(rng.randint(0, 256, (10 + i, 14, 3), dtype=np.uint8)) for i in range(2)]
-    # The source's MME columns, the maps' config, one map column (the contract leaves their names to stages.py) and the box.
-    features = Features({"question_id": Value("string"), "image": ImageFeature(), "question": Value("string"),
-                         "answer": Value("string"), "category": Value("string"), "api_maps_config": Value("string"),
-                         "api_map_l20": Array2D((3, 3), "float32"),
-                         "api_grid_box": [Value("float32")]})
-    maps_config = json.dumps({"config": BASE.to_dict(), "layers": LAYERS})
-    rows = {"question_id": ["a.png", "b.png"], "image": images, "question": ["Q0?", "Q1?"], "answer": ["Yes", "No"],
-            "category": ["color", "color"], "api_maps_config": [maps_config] * 2,
-            "api_map_l20": [rng.rand(3, 3).astype(np.float32) for _ in range(2)], "api_grid_box": [None, None]}
-    record = maps_record()
-    write_variant(tmp_path / "maps", BuiltVariant(Dataset.from_dict(rows, features=features), record))
+    images = [Image.fromarray(rng.randint(0, 256, (30 + 4 * i, 40, 3), dtype=np.uint8)) for i in range(2)]
+    source = Dataset.from_dict({"question_id": ["a.png", "b.png"], "image": images, "question": ["Q0?", "Q1?"],
+                                "answer": ["Yes", "No"], "category": ["color", "color"]})
+    prompters = [ImagePrompter("clip", model=DEMO_MODEL, layer_index=layer) for layer in (1, 2)]
+    publish_sweep(prompters, get_benchmark("mme"), dataset=source, output_dir=tmp_path / "maps", maps_only=True)
 
-    [(task, _)] = export_variants(tmp_path / "tasks", dataset_dir=tmp_path / "maps", params=[{"layer_index": 22}])
+    [(task, _)] = export_variants(tmp_path / "tasks", dataset_dir=tmp_path / "maps", base_task="mme",
+                                  params=[{"layer_index": 1, "grayscale": 50}])
+    assert task == lmms_eval_task_name("mme", variant_name(prompters[0].config.replace(grayscale=50)))
     loaded = get_task_dict([task], TaskManager(include_path=str(tmp_path / "tasks")))[task]
     docs = loaded.test_docs()
     assert [d["question_id"] for d in docs] == ["a.png", "b.png"]
     for doc, image in zip(docs, images):
         [visual] = loaded.doc_to_visual(doc)
-        assert np.array_equal(np.asarray(visual), np.full((image.height, image.width, 3), 22, dtype=np.uint8))
-    assert [np.array_equal(np.asarray(row["image"]), np.asarray(image)) for (row, _), image in zip(fake_masking, images)] == [True, True]
-    assert {recipe for _, recipe in fake_masking} == {BASE.replace(layer_index=22)}
+        assert np.array_equal(np.asarray(visual), np.full((image.height, image.width, 3), 51, dtype=np.uint8))
+    # The wrapper got the rows as lmms-eval holds them: the original image and the maps of both layers.
+    for (row, recipe), image in zip(fake_masking, images):
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(image))
+        assert {"api_maps_config", "api_grid_box"} <= set(row) and np.asarray(row["api_attention_l1"]).shape == (14, 14)
+        assert recipe == portable_config(prompters[0].config).replace(grayscale=50)  # the record's: local weights by name
 
 
 def test_a_subset_maps_dataset_names_its_tasks_as_a_subset_variant(tmp_path):
     [(task, _)] = export_variants_of(tmp_path, [{"layer_index": 20}], maps_record(rows="first 4"))
-    assert task == lmms_eval_task_name("mme", variant_name(BASE, first_rows=4))
+    assert task == lmms_eval_task_name("mme", variant_name(PAPER.replace(layer_index=20), first_rows=4))
     assert task.endswith("-first4")
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"model": "ViT-B-16"}, r"\['model'\] cannot change when lmms-eval loads a doc"),
-    ({"layer_index": 23}, r"layer_index 23 is not one of the layers it holds maps of: \[20, 21, 22\]"),
-    ({"layer_index": 21, "kernel_size": 4}, "kernel_size must be a positive odd int, got 4"),
+    ({"model": "ViT-B-16"}, r"the maps were made with other settings \(model differ\)"),
+    ({"colour": 1}, "unexpected keyword argument 'colour'"),
+    ({"layer_index": 23}, r"layer_index 23 is not among the maps' layers \[20, 21, 22\]"),
+    ({"layer_index": 21, "kernel_size": 4}, "kernel_size must be a positive odd int or 'auto', got 4"),
+    ({"layer_index": 21, "kernel_size": "auto"}, "give kernel_size as an odd int"),
     ({"layer_index": "21"}, "layer_index must be an int, got '21'"),
     ({"layer_index": 21, "interpolation": "sharp"}, "interpolation 'sharp' is not a PIL resampling filter"),
 ])
 def test_a_bad_recipe_is_refused_at_export_naming_it(tmp_path, params, message):
     with pytest.raises(ValueError, match=message) as caught:
         export_variants_of(tmp_path, [{"layer_index": 22}, params], maps_record())
-    assert "maps variant 'clip-vit-l-14-336-maps-l20-21-22'" in str(caught.value) and repr(params)[1:-1] in str(caught.value)
+    assert f"maps variant 'clip-vit-l-14-336-maps-l20-21-22', parameters {params}" in str(caught.value)
     assert not (tmp_path / "tasks").exists()  # checked before anything is written, the good recipe's task too
 
 
 def test_recipes_go_with_maps_datasets_only(tmp_path):
-    ordinary = materialized_record(BASE.replace(layer_index=22))
+    ordinary = materialized_record(PAPER)
     with pytest.raises(ValueError, match="is not a maps dataset .* takes no prompter parameters"):
         export_lmms_eval(ordinary, tmp_path, dataset_path="/data", prompter_params={"layer_index": 22})
     with pytest.raises(ValueError, match=r"is a maps dataset \(layers \[20, 21, 22\]\): pass the recipe"):
-        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data")
+        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", base_task="mme")
     with pytest.raises(ValueError, match="none of .* is one"):
         export_variants_of(tmp_path, [{"layer_index": 22}], ordinary)
     with pytest.raises(ValueError, match=r"variants \['clip-vit-l-14-336-maps-l20-21-22'\] are maps datasets: pass the recipes"):
         export_variants_of(tmp_path, None, maps_record())
     with pytest.raises(ValueError, match="give at least one parameter set"):
         export_variants_of(tmp_path, [], maps_record())
-    assert not list(tmp_path.glob("*.yaml"))
+    with pytest.raises(ValueError, match="has no lmms-eval base task: pass base_task"):
+        export_variants_of(tmp_path, [{"layer_index": 22}], maps_record(), base_task=None)
+    assert not list(tmp_path.glob("*.yaml")) and not (tmp_path / "tasks").exists()
 
 
 def test_two_exports_of_one_task_name_are_refused(tmp_path):
@@ -217,21 +225,21 @@ def test_two_exports_of_one_task_name_are_refused(tmp_path):
         export_variants_of(tmp_path, [{"layer_index": 21, "interpolation": "bicubic"},
                                       {"layer_index": 21, "interpolation": "BICUBIC"}], maps_record())
     # ... and a recipe whose materialized variant is in the same folder: one YAML would replace the other.
-    materialized = materialized_record(BASE.replace(layer_index=22))
+    materialized = materialized_record(PAPER)
     with pytest.raises(ValueError, match=f"would both be lmms-eval task 'mme_api_{materialized.config_name}'"):
         export_variants_of(tmp_path, [{"layer_index": 22}], materialized, maps_record())
     assert not (tmp_path / "tasks").exists()
 
 
 def test_a_module_the_library_did_not_write_is_never_overwritten(tmp_path):
-    task = lmms_eval_task_name("mme", variant_name(BASE))
+    task = lmms_eval_task_name("mme", variant_name(PAPER))
     (tmp_path / f"{task}.py").write_text("# someone's own code\n")
     with pytest.raises(FileExistsError, match=f"{task}.py exists and was not written by hf_api_prompt"):
-        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", prompter_params={})
+        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", base_task="mme", prompter_params={})
     assert (tmp_path / f"{task}.py").read_text() == "# someone's own code\n" and not (tmp_path / f"{task}.yaml").exists()
     # Its own module (an older export's), it rewrites.
     (tmp_path / f"{task}.py").write_text(MODULE_MARK + " 0.0.1 for an older export\n")
-    export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", prompter_params={})
+    export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", base_task="mme", prompter_params={})
     module = (tmp_path / f"{task}.py").read_text()
     assert module.startswith(MODULE_MARK) and f"MaskedDocToVisual({MME_VISUAL!r}, {BASE.to_json()!r})" in module
 
@@ -242,4 +250,4 @@ def test_the_base_task_must_have_a_doc_to_visual_function(tmp_path, monkeypatch)
     real = lmms_export.load_task_config
     monkeypatch.setattr(lmms_export, "load_task_config", lambda path: {**real(path), "doc_to_visual": "image"})
     with pytest.raises(ValueError, match="lmms-eval task 'mme' has doc_to_visual 'image', not a function"):
-        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", prompter_params={"layer_index": 20})
+        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", base_task="mme", prompter_params={})

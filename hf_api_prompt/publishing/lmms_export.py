@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._version import __version__
 from ..config import PrompterConfig
+from ..stages import OPEN_FIELDS, MapsPrompter
 from .benchmarks import task_judge
 from .variants import VariantRecord, lmms_eval_task_name, variant_name
 
@@ -49,8 +50,6 @@ _INSTALL_HINT = "exporting lmms-eval tasks needs lmms-eval: pip install 'hf_api_
 #: Keys of the base task that would attach the variant to the base task's groups and tags.
 _DROPPED_KEYS = ("include", "group", "tag", "task_alias", "group_alias")
 _SPLIT_KEYS = ("training_split", "validation_split", "fewshot_split")
-#: The config fields a maps dataset lets each task choose: the mask recipe (the model ran when the maps were made).
-RECIPE_FIELDS = ("layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale", "geometry")
 #: First line of the ``doc_to_visual`` modules the export writes; a ``{task}.py`` without it is never overwritten.
 MODULE_MARK = "# Written by hf_api_prompt export-lmms-eval"
 
@@ -158,24 +157,23 @@ def find_task_yaml(task: str) -> Path:
 def recipe_config(record: VariantRecord, params: Mapping[str, Any]) -> PrompterConfig:
     """The single-layer config that ``params`` choose from the maps of ``record``, checked at export, not at evaluation.
 
-    ``params`` override the record's base config, and may name only :data:`RECIPE_FIELDS`;
-    the layer must be one of the maps' layers.
+    ``params`` override the record's base config; the result must be one the maps
+    serve (:meth:`~hf_api_prompt.stages.MapsPrompter.serves`: only the open fields,
+    :data:`~hf_api_prompt.stages.OPEN_FIELDS`, differ, and the layer is one of the maps').
 
     Raises:
         ValueError: naming the variant, the parameters and the problem.
     """
-    layers = list(record.maps["layers"])
     what = f"maps variant {record.config_name!r}, parameters {dict(params)}"
-    fixed = sorted(set(params) - set(RECIPE_FIELDS))
-    if fixed:
-        raise ValueError(f"{what}: {fixed} cannot change when lmms-eval loads a doc (the maps are already computed); "
-                         f"choose among {list(RECIPE_FIELDS)}")
     try:
         config = record.config.replace(**params)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{what}: {error}") from None
-    if config.layer_index not in layers:
-        raise ValueError(f"{what}: layer_index {config.layer_index} is not one of the layers it holds maps of: {layers}")
+    if config.kernel_size == "auto":  # ImagePrompter sizes it by the model's grid, which the export does not load
+        raise ValueError(f"{what}: give kernel_size as an odd int ('auto' is resolved against the model's grid)")
+    problem = MapsPrompter(record.config, record.maps["layers"]).serves(config)
+    if problem:
+        raise ValueError(f"{what}: {problem}")
     return config
 
 
@@ -262,7 +260,8 @@ def visual_module(task: str, base_visual: str, recipe: PrompterConfig, record: V
 
 
 def _recipe_text(recipe: PrompterConfig) -> str:
-    return ", ".join(f"{field} {getattr(recipe, field)}" for field in RECIPE_FIELDS)
+    """The open fields of ``recipe`` that change the image: ``layer_index 22, enhance_coe 5.0, ...``."""
+    return ", ".join(f"{field} {getattr(recipe, field)}" for field in OPEN_FIELDS if not field.endswith("_column"))
 
 
 def export_lmms_eval(
@@ -285,8 +284,9 @@ def export_lmms_eval(
         base_task: lmms-eval task to derive from; default: the one recorded for the benchmark.
         token_required: set ``dataset_kwargs.token`` (a private repo).
         prompter_params: for a maps dataset (and only for one), the recipe of this task:
-            values of :data:`RECIPE_FIELDS` that override the record's base config
-            (``{"layer_index": 22, "enhance_coe": 2.5}``), checked by :func:`recipe_config`.
+            config fields that override the record's base config (``{"layer_index": 22,
+            "enhance_coe": 2.5}``; those of :data:`hf_api_prompt.stages.OPEN_FIELDS`),
+            checked by :func:`recipe_config`.
 
     Returns:
         the path of the written YAML.
