@@ -3,6 +3,10 @@
     hf-api-prompt run --output-dir out/demo                           # bundled demo scenes + bundled model
     hf-api-prompt run --benchmark mmvet --push-to-hub me/MMVet-API    # masked MM-Vet as a tagged config of me/MMVet-API
     hf-api-prompt run --dataset DIR_OR_HUB_ID --split test --image-column image --question-column question --output-dir out/
+    hf-api-prompt run --benchmark mmvet --layer-index 20 21 22 --enhance-coe 1 5 10 --kernel-size 1 3 \
+        --grayscale 0 200 --push-to-hub me/MMVet-API                  # 36 variants, one model pass per image
+    hf-api-prompt run --benchmark mmvet --layer-index 20 21 22 --maps-only --output-dir out/maps   # keep the maps
+    hf-api-prompt remask --maps out/maps --enhance-coe 5 --kernel-size 3 --output-dir out/mmvet    # ... decide later
     hf-api-prompt card --repo-id me/MMVet-API                         # re-render the card from api_variants.json
     hf-api-prompt export-lmms-eval --repo-id me/MMVet-API --output-dir ./api_tasks
     hf-api-prompt upload --dataset-dir out/demo --repo-id me/demo-API # a local folder, in one commit
@@ -39,23 +43,41 @@ _NOT_FLAGS = {"backend", "library_version", "weights_sha256"}
 def _field_parser(field: dataclasses.Field):
     kind = typing.get_type_hints(PrompterConfig)[field.name]
     optional = type(None) in typing.get_args(kind)
+    words = {"none": None} if optional else {}
+    if field.name == "kernel_size":
+        words["auto"] = "auto"
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
 
     def parse(text: str):
-        if optional and text.lower() == "none":
-            return None
+        if text.lower() in words:
+            return words[text.lower()]
         return base(text)
 
     parse.__name__ = base.__name__  # argparse names it in "invalid int value: 'x'"
     return parse
 
 
-def _add_prompter_flags(parser: argparse.ArgumentParser):
-    group = parser.add_argument_group("prompter parameters (defaults: the preset's columns, then the paper's settings)")
-    group.add_argument("--backend", default="clip")
+def _add_prompter_flags(parser: argparse.ArgumentParser, fields=None, title=None):
+    """One flag per config field (``fields``: those only); each takes one or several values (a sweep)."""
+    group = parser.add_argument_group(title or "prompter parameters (defaults: the preset's columns, then the paper's "
+                                      "settings); several values make one variant per combination")
+    if fields is None:
+        group.add_argument("--backend", default="clip")
     for field in dataclasses.fields(PrompterConfig):
-        if field.name not in _NOT_FLAGS:
-            group.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=_field_parser(field), default=None)
+        if field.name not in _NOT_FLAGS and (fields is None or field.name in fields):
+            group.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=_field_parser(field),
+                               default=None, nargs="+", metavar=field.name.upper())
+
+
+def _prompter_params(args: argparse.Namespace, fields=None) -> dict:
+    """The given flags: one value as it is, several as a list (:func:`hf_api_prompt.stages.sweep`)."""
+    params = {}
+    for field in dataclasses.fields(PrompterConfig):
+        values = getattr(args, field.name, None)
+        if field.name in _NOT_FLAGS or values is None or (fields is not None and field.name not in fields):
+            continue
+        params[field.name] = values[0] if len(values) == 1 else list(values)
+    return params
 
 
 def _benchmark(args: argparse.Namespace):
@@ -70,26 +92,32 @@ def _benchmark(args: argparse.Namespace):
         benchmark = custom_benchmark(args.dataset)
     else:
         benchmark = custom_benchmark(None, pretty_name="hf_api_prompt demo scenes", license="mit")
-    changes = {"split": args.split, "image_column": args.image_column, "question_column": args.question_column}
+    columns = {}
+    for column in ("image_column", "question_column"):
+        values = getattr(args, column)
+        if values is not None and len(values) > 1:
+            raise ValueError(f"--{column.replace('_', '-')} takes one value, got {values}")
+        columns[column] = None if values is None else values[0]
+    changes = {"split": args.split, **columns}
     return benchmark.replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .publishing import publish_variant
+    from .publishing import publish_sweep
+    from .stages import sweep
 
     benchmark = _benchmark(args)
-    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrompterConfig) if f.name not in _NOT_FLAGS}
-    params = {k: v for k, v in params.items() if v is not None}
+    params = _prompter_params(args)
     params.update(image_column=benchmark.image_column, question_column=benchmark.question_column)
     if benchmark.dataset_id is None and "model" not in params:
         params.update(model=bundled.DEMO_MODEL, layer_index=params.get("layer_index", bundled.DEMO_MODEL_LAYER))
     model = params.get("model", f"the {args.backend} default")
     with _step(f"preparing model {model!r}"):
-        prompter = ImagePrompter(args.backend, **params)
+        prompters = sweep(args.backend, **params)
     source = repr(benchmark.dataset_id) if benchmark.dataset_id is not None else "the bundled demo scenes"
     with _step(f"masking {source} with model {model!r}"):
-        return publish_variant(
-            prompter,
+        result = publish_sweep(
+            prompters,
             benchmark,
             output_dir=args.output_dir,
             repo_id=args.push_to_hub,
@@ -102,7 +130,29 @@ def run(args: argparse.Namespace) -> dict:
             num_proc=args.num_proc,
             chunk_size=args.chunk_size,
             work_dir=args.work_dir,
+            maps_only=args.maps_only,
         )
+    return _flat(result)
+
+
+def remask(args: argparse.Namespace) -> dict:
+    from .publishing import publish_remask
+    from .stages import OPEN_FIELDS
+
+    with _step(f"remasking {args.maps!r}"):
+        return _flat(publish_remask(
+            args.maps, maps_config=args.maps_config, revision=args.revision, output_dir=args.output_dir,
+            repo_id=args.push_to_hub, private=args.private or None, batch_size=args.batch_size,
+            keep_original_image=args.keep_original_image, preview_rows=args.preview_rows,
+            **_prompter_params(args, OPEN_FIELDS),
+        ))
+
+
+def _flat(result: dict) -> dict:
+    """One variant: its own result at the top level (as before sweeps), with the pass and variant counts."""
+    if len(result.get("variants", ())) != 1:
+        return result
+    return {**result["variants"][0], **{k: v for k, v in result.items() if k != "variants"}}
 
 
 class StepFailed(Exception):
@@ -225,8 +275,28 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_argument("--limit", type=int, help="process only the first N rows")
     options.add_argument("--preview-rows", type=int, default=4, help="rows in the before/heatmap/after picture")
     options.add_argument("--keep-original-image", action="store_true", help="also keep the unmasked image as original_<image column>")
+    options.add_argument("--maps-only", action="store_true",
+                         help="publish the raw maps of the --layer-index layers (one dataset per model pass) instead of "
+                              "masked variants; make variants from them later with `remask`, no model needed")
     _add_prompter_flags(run_parser)
     run_parser.set_defaults(handler=run)
+
+    from .stages import OPEN_FIELDS
+
+    remask_parser = commands.add_parser("remask", help="make variants from a maps dataset (run --maps-only), no model")
+    remask_parser.add_argument("--maps", required=True, help="local folder or Hub repo holding the maps dataset")
+    remask_parser.add_argument("--maps-config", help="which maps dataset, if there are several")
+    remask_parser.add_argument("--revision", default="main", help="where api_variants.json is read on the Hub (default: main)")
+    remask_where = remask_parser.add_argument_group("destination (exactly one)").add_mutually_exclusive_group(required=True)
+    remask_where.add_argument("--output-dir", help="write the variants here (repo layout)")
+    remask_where.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the variants as configs of this Hub dataset repo")
+    remask_parser.add_argument("--private", action="store_true", help="create the Hub repo as private (if it is created)")
+    remask_parser.add_argument("--batch-size", type=int, default=8)
+    remask_parser.add_argument("--preview-rows", type=int, default=4, help="rows in the before/heatmap/after picture")
+    remask_parser.add_argument("--keep-original-image", action="store_true", help="also keep the unmasked image")
+    _add_prompter_flags(remask_parser, OPEN_FIELDS, "recipe and prompt (default: the paper's; --layer-index: every layer "
+                        "of the maps); several values make one variant per combination")
+    remask_parser.set_defaults(handler=remask)
 
     card_parser = commands.add_parser("card", help="re-render the dataset card from api_variants.json")
     target = card_parser.add_mutually_exclusive_group(required=True)

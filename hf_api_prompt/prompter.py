@@ -50,10 +50,14 @@ class _BatchFunction:
     def __setstate__(self, state: Dict[str, Any]):
         self.config = PrompterConfig.from_json(state["config"])
         self._backend = None
+        self._grid_shape = state.get("grid_shape")
 
     @property
     def grid_shape(self) -> Tuple[int, int]:
-        return get_backend(self.config.backend).grid_shape(self.config)
+        """``(gh, gw)`` of the model's grid (known without loading the model)."""
+        if getattr(self, "_grid_shape", None) is None:
+            self._grid_shape = tuple(get_backend(self.config.backend).grid_shape(self.config))
+        return self._grid_shape
 
     def backend(self, rank: Optional[int] = None) -> Backend:
         """The loaded backend of this process (loads it on first use)."""
@@ -227,6 +231,20 @@ class ImagePrompter(_BatchFunction):
         self._backend: Optional[Backend] = None
 
     @classmethod
+    def without_model(cls, config: PrompterConfig, grid_shape: Tuple[int, int]) -> "ImagePrompter":
+        """A prompter for ``config`` as recorded (e.g. with a portable model name), for stages 2 and 3 only.
+
+        Used to remask a maps dataset where the model's files are not at hand: the
+        config is not resolved again, ``kernel_size="auto"`` is set from ``grid_shape``,
+        and loading its backend fails with the model's own error.
+        """
+        prompter = cls.__new__(cls)
+        if config.kernel_size == "auto":
+            config = config.replace(kernel_size=masks.auto_kernel_size(grid_shape))
+        prompter.config, prompter._backend, prompter._grid_shape = config, None, tuple(grid_shape)
+        return prompter
+
+    @classmethod
     def from_config(cls, config: PrompterConfig) -> "ImagePrompter":
         """Rebuild a prompter from a config (e.g. one read back from a dataset card)."""
         params = config.to_dict()
@@ -250,7 +268,7 @@ class ImagePrompter(_BatchFunction):
             >>> list(ImagePrompter("clip", model=DEMO_MODEL, layer_index=2, on_error="passthrough").output_features())
             ['masked_image', 'heatmap', 'api_status']
         """
-        return dict(_declared_outputs(self.config))
+        return dict(_declared_outputs(self.config, self.grid_shape))
 
     def prompt(self, images: Sequence[Any], questions: Sequence[str], rank: Optional[int] = None) -> "PromptedBatch":
         """The three stages for decoded images and questions: maps (model), recipe, prompt."""
@@ -336,15 +354,14 @@ def _one_thread_in_forked_worker():
 
 
 @functools.lru_cache(maxsize=64)
-def _declared_outputs(config: PrompterConfig) -> Tuple[Tuple[str, Any], ...]:
-    """:meth:`ImagePrompter.output_features` as pairs; cached because every batch reads it
-    (llava's grid shape comes from the model's config file)."""
+def _declared_outputs(config: PrompterConfig, grid_shape: Tuple[int, int]) -> Tuple[Tuple[str, Any], ...]:
+    """:meth:`ImagePrompter.output_features` as pairs; cached because every batch reads it."""
     from datasets import Array2D, Image, Value
 
     backend = get_backend(config.backend)
     columns = {
         config.masked_image_column: Image(),
-        config.heatmap_column: Array2D(backend.grid_shape(config), "float32"),
+        config.heatmap_column: Array2D(grid_shape, "float32"),
     }
     columns.update(backend.extra_features(config))
     if config.on_error == "passthrough":

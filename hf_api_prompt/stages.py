@@ -103,7 +103,7 @@ class MapsPrompter(_BatchFunction):
         layers: the layers to read, each valid for the model.
     """
 
-    def __init__(self, config: PrompterConfig, layers: Sequence[int]):
+    def __init__(self, config: PrompterConfig, layers: Sequence[int], grid_shape: Optional[Tuple[int, int]] = None):
         self.layers = tuple(sorted(set(layers)))
         if not self.layers:
             raise ValueError("a maps run needs at least one layer")
@@ -111,6 +111,23 @@ class MapsPrompter(_BatchFunction):
         # The deepest layer is the one the backend is validated and built for; the others lie below it.
         self.config = base.replace(layer_index=self.layers[-1])
         self._backend = None
+        self._grid_shape = None if grid_shape is None else tuple(grid_shape)
+
+    def prompter(self, **params: Any) -> ImagePrompter:
+        """The prompter of one variant these maps serve: the base config with ``params`` (open fields only).
+
+        Built without the model (:meth:`ImagePrompter.without_model`), so it can remask
+        maps whose model is not at hand.
+
+        Raises:
+            ValueError: a field the maps fix, a layer they lack, or an invalid value.
+        """
+        fixed = sorted(set(params) - set(OPEN_FIELDS))
+        if fixed:
+            raise ValueError(f"{fixed} are fixed by the maps (only {list(OPEN_FIELDS)} can be chosen when remasking)")
+        prompter = ImagePrompter.without_model(self.config.replace(**params), self.grid_shape)
+        check_remask(self, prompter)
+        return prompter
 
     @classmethod
     def for_prompters(cls, prompters: Sequence[ImagePrompter]) -> List["MapsPrompter"]:
@@ -121,7 +138,7 @@ class MapsPrompter(_BatchFunction):
         return [cls(base, layers) for base, layers in groups.items()]
 
     def __getstate__(self) -> Dict[str, Any]:
-        return {"config": self.config.to_json(), "layers": list(self.layers)}
+        return {"config": self.config.to_json(), "layers": list(self.layers), "grid_shape": self._grid_shape}
 
     def __setstate__(self, state: Dict[str, Any]):
         super().__setstate__(state)
@@ -149,7 +166,7 @@ class MapsPrompter(_BatchFunction):
         from datasets import Array2D, Sequence as SequenceFeature, Value
 
         backend = get_backend(self.config.backend)
-        grid = backend.grid_shape(self.config)
+        grid = self.grid_shape
         columns: Dict[str, Any] = {MAPS_CONFIG_COLUMN: Value("string"), BOX_COLUMN: SequenceFeature(Value("float64"), length=4)}
         for layer in self.layers:
             for name in backend.map_names:
@@ -160,8 +177,12 @@ class MapsPrompter(_BatchFunction):
         return columns
 
     def to_json(self) -> str:
-        """The value of :data:`MAPS_CONFIG_COLUMN`: sorted JSON of the base config and the layers."""
-        return json.dumps({"config": self.config.to_dict(), "layers": list(self.layers)}, sort_keys=True, separators=(",", ":"))
+        """The value of :data:`MAPS_CONFIG_COLUMN`: sorted JSON of the (portable) base config and the layers."""
+        from .backends.base import portable_config
+
+        # Portable (local weights by name and sha256): the column is published with the maps.
+        config = portable_config(self.config).to_dict()
+        return json.dumps({"config": config, "layers": list(self.layers)}, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "MapsPrompter":
@@ -186,13 +207,18 @@ class MapsPrompter(_BatchFunction):
 
 
 def maps_prompter_of(dataset) -> MapsPrompter:
-    """The :class:`MapsPrompter` that made a maps dataset (read from its first row's :data:`MAPS_CONFIG_COLUMN`)."""
+    """The :class:`MapsPrompter` that made a maps dataset (its :data:`MAPS_CONFIG_COLUMN`; the grid from its features)."""
     columns = dataset.column_names
     if MAPS_CONFIG_COLUMN not in columns:
         raise ValueError(f"not a maps dataset: it has no {MAPS_CONFIG_COLUMN!r} column (columns: {list(columns)})")
     if len(dataset) == 0:
         raise ValueError("the maps dataset has no rows")
-    return MapsPrompter.from_json(dataset.select_columns([MAPS_CONFIG_COLUMN])[0][MAPS_CONFIG_COLUMN])
+    maps = MapsPrompter.from_json(dataset.select_columns([MAPS_CONFIG_COLUMN])[0][MAPS_CONFIG_COLUMN])
+    name = get_backend(maps.config.backend).map_names[0]
+    feature = dataset.features.get(maps_column(name, maps.layers[0]))
+    if feature is None:
+        raise ValueError(f"the maps dataset lacks the column {maps_column(name, maps.layers[0])!r}")
+    return MapsPrompter(maps.config, maps.layers, grid_shape=feature.shape)
 
 
 def maps_columns(maps_prompter: MapsPrompter) -> List[str]:
@@ -201,39 +227,50 @@ def maps_columns(maps_prompter: MapsPrompter) -> List[str]:
     return [MAPS_CONFIG_COLUMN, BOX_COLUMN] + [maps_column(n, l) for l in maps_prompter.layers for n in backend.map_names]
 
 
-class _Remask:
-    """Stages 2 and 3 over a maps dataset's batch (a ``datasets.map`` function; pickles as its configs)."""
+def masked_image_from_row(row: Dict[str, Any], config: PrompterConfig):
+    """Stages 2 and 3 for one row of a maps dataset: its masked image under ``config`` (no model).
 
-    def __init__(self, config: PrompterConfig, map_names: Tuple[str, ...]):
+    ``config`` is one of the variants the maps serve (:meth:`MapsPrompter.prompter`).
+    A row without maps (passed through) gives its image unmasked, or ``None`` without one.
+    This is what :func:`remask` writes, and what lmms-eval's on-the-fly masking shows the model.
+    """
+    return _remask_row(row, config)[0]
+
+
+def _remask_row(row: Dict[str, Any], config: PrompterConfig):
+    """``(masked image, grid mask)`` of a maps row; the grid mask is ``None`` for a row without maps."""
+    names = get_backend(config.backend).map_names
+    maps = {name: row[maps_column(name, config.layer_index)] for name in names}
+    image = row[config.image_column]
+    image = None if image is None else open_image(image)
+    if image is None or any(value is None for value in maps.values()):
+        return image, None
+    grid = grid_masks(config, {name: np.asarray(value, dtype=np.float32)[None] for name, value in maps.items()})
+    box = row[BOX_COLUMN]
+    [prompted] = prompts.apply_prompt(config, [image], grid, [None if box is None else tuple(box)])
+    return prompted.image, grid[0]
+
+
+class _Remask:
+    """Stages 2 and 3 over a maps dataset's batch (a ``datasets.map`` function; pickles as its config)."""
+
+    def __init__(self, config: PrompterConfig):
         self.config = config
-        self.map_names = map_names
 
     def __getstate__(self):
-        return {"config": self.config.to_json(), "map_names": list(self.map_names)}
+        return {"config": self.config.to_json()}
 
     def __setstate__(self, state):
         self.config = PrompterConfig.from_json(state["config"])
-        self.map_names = tuple(state["map_names"])
 
-    def __call__(self, batch, *args) -> Dict[str, list]:
+    def __call__(self, batch) -> Dict[str, list]:
         config = self.config
-        images = batch[config.image_column]
-        size = len(images)
-        layer = {name: batch[maps_column(name, config.layer_index)] for name in self.map_names}
-        masked: List[Any] = [None] * size
-        heatmaps: List[Any] = [None] * size
-        good = [i for i in range(size) if all(layer[name][i] is not None for name in self.map_names)]
+        size = len(batch[config.image_column])
+        masked, heatmaps = [], []
         for i in range(size):
-            if i not in good and images[i] is not None:
-                masked[i] = open_image(images[i])  # a passed-through row: unmasked, as ImagePrompter leaves it
-        if good:
-            decoded = [open_image(images[i]) for i in good]
-            grid = grid_masks(config, {name: np.stack([np.asarray(layer[name][i]) for i in good]) for name in self.map_names})
-            boxes = [batch[BOX_COLUMN][i] for i in good]
-            prompted = prompts.apply_prompt(config, decoded, grid, [None if b is None else tuple(b) for b in boxes])
-            for slot, i in enumerate(good):
-                masked[i] = prompted[slot].image
-                heatmaps[i] = grid[slot]
+            image, grid = _remask_row({name: values[i] for name, values in batch.items()}, config)
+            masked.append(image)
+            heatmaps.append(grid)
         return {config.masked_image_column: masked, config.heatmap_column: heatmaps}
 
 
@@ -279,11 +316,11 @@ def remask(maps_dataset, prompter: ImagePrompter, *, batch_size: int = 8, maps_p
 
     map_kwargs.setdefault("desc", f"API remask ({config.backend}, layer {config.layer_index})")
     remasked = source.map(
-        _Remask(config, get_backend(config.backend).map_names), batched=True, batch_size=batch_size,
+        _Remask(config), batched=True, batch_size=batch_size,
         remove_columns=extra, features=Features(features), **map_kwargs,
     )
     return remasked.select_columns(source_columns + list(outputs))
 
 
-__all__ = ["MAPS_CONFIG_COLUMN", "BOX_COLUMN", "MapsPrompter", "maps_base", "maps_column", "maps_prompter_of", "remask",
-           "sweep", "check_remask"]
+__all__ = ["MAPS_CONFIG_COLUMN", "BOX_COLUMN", "MapsPrompter", "check_remask", "maps_base", "maps_column",
+           "maps_prompter_of", "masked_image_from_row", "remask", "sweep"]

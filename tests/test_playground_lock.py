@@ -23,16 +23,19 @@ class NotReentrant:
         self.inside = threading.Lock()  # one for all backends: any overlap is caught
 
     def wrap(self, backend):
-        def call(images, questions):
-            if not self.inside.acquire(blocking=False):
-                raise RuntimeError("backend re-entered while a call was running")
-            try:
-                time.sleep(0.3)  # long enough for the other request to arrive meanwhile
-                return backend(images, questions)
-            finally:
-                self.inside.release()
+        guard = self
 
-        return call
+        class Guarded:
+            def maps(self, images, questions, layers):
+                if not guard.inside.acquire(blocking=False):
+                    raise RuntimeError("backend re-entered while a call was running")
+                try:
+                    time.sleep(0.3)  # long enough for the other request to arrive meanwhile
+                    return backend.maps(images, questions, layers)
+                finally:
+                    guard.inside.release()
+
+        return Guarded()
 
 
 def test_two_requests_at_once_both_succeed(monkeypatch, tmp_path):

@@ -21,7 +21,7 @@ Layers (each module imports only those above it in this list):
 - ``api``: ``publish_variant``, the whole job.
 """
 
-from .api import publish_sweep, publish_variant
+from .api import publish_remask, publish_sweep, publish_variant
 from .benchmarks import Benchmark, available_benchmarks, custom_benchmark, get_benchmark
 from .card import render_card
 from .hub import HubPublisher, PublishError, upload_folder
@@ -40,6 +40,7 @@ __all__ = [
     "custom_benchmark",
     "export_lmms_eval",
     "get_benchmark",
+    "publish_remask",
     "publish_sweep",
     "publish_variant",
     "render_card",

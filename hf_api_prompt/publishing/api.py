@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import shutil
@@ -13,11 +14,11 @@ from typing import Optional, Sequence
 from ..prompter import ImagePrompter
 from .benchmarks import Benchmark
 from ..sharded import CHUNKS_DIR, run_sharded, work_key
-from ..stages import MapsPrompter, remask
+from ..stages import MapsPrompter, maps_prompter_of, remask
 from .build import build_maps_variant, build_variant, rows_to_mask
 from .hub import HubPublisher, RetryPolicy
 from .layout import check_output_folder, write_variant
-from .sources import in_memory_source, load_source
+from .sources import Source, in_memory_source, load_source
 from .variants import maps_variant_name, variant_name
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,124 @@ def publish_sweep(
         return {"process_index": state.process_index, "summary": total}
     logger.info("%d model pass(es), %d variant(s) published", len(groups), len(results))
     return {"variants": results, "model_passes": len(groups), "num_variants": len(results), "summary": total}
+
+
+def publish_remask(
+    maps,
+    *,
+    maps_config: Optional[str] = None,
+    revision: str = "main",
+    output_dir=None,
+    repo_id: Optional[str] = None,
+    token: Optional[str] = None,
+    private: Optional[bool] = None,
+    batch_size: int = 8,
+    keep_original_image: bool = False,
+    preview_rows: int = 4,
+    retry: Optional[RetryPolicy] = None,
+    **params,
+) -> dict:
+    """Publish variants made from a published maps dataset, with no model (``hf-api-prompt remask``).
+
+    Each combination of ``params`` (a list is several values, as in
+    :func:`hf_api_prompt.stages.sweep`) is published as the ordinary variant that
+    :func:`publish_variant` of that parameter set on the same source would publish:
+    same name, same data, same record (but its date).
+
+    Args:
+        maps: a local folder or a Hub dataset repo holding a maps dataset
+            (``publish_sweep(..., maps_only=True)``, ``hf-api-prompt run --maps-only``).
+        maps_config: which maps dataset, when the folder or repo holds several.
+        revision: where ``api_variants.json`` is read on the Hub.
+        output_dir, repo_id: where the variants go (exactly one).
+        **params: the fields the maps leave open (:data:`hf_api_prompt.stages.OPEN_FIELDS`);
+            ``layer_index`` defaults to every layer of the maps.
+
+    Returns:
+        as :func:`publish_sweep` (``model_passes`` is 0).
+    """
+    if (output_dir is None) == (repo_id is None):
+        raise ValueError("give exactly one of output_dir (local folder) and repo_id (Hub)")
+    _check_counts(batch_size=batch_size)
+    if output_dir is not None:
+        _check_writable(Path(output_dir), "output_dir")
+    record, dataset = _load_maps(maps, maps_config, revision, token)
+    maps_prompter = maps_prompter_of(dataset)
+    params.setdefault("layer_index", list(maps_prompter.layers))
+    choices = [list(v) if isinstance(v, (list, tuple)) else [v] for v in params.values()]
+    prompters = {}
+    for combination in itertools.product(*choices):
+        prompter = maps_prompter.prompter(**dict(zip(params, combination)))
+        prompters.setdefault(prompter.config, prompter)
+    source = Source(dataset, record.source.get("dataset"), record.source.get("revision"),
+                    bool(record.source.get("from_hub")), record.source.get("license"))
+    benchmark = _benchmark_of(record)
+    limit = None if record.source.get("rows", "all") == "all" else record.num_rows
+    names = [variant_name(p.config, first_rows=limit) for p in prompters.values()]
+    publisher = None
+    if output_dir is not None:
+        for name in names:
+            check_output_folder(output_dir, name, computed=False)
+    else:
+        publisher = HubPublisher(repo_id, token=token, private=private, retry=retry)
+        for name in names:
+            publisher.preflight(name)
+    results = []
+    for prompter in prompters.values():
+        mapped = remask(dataset, prompter, maps_prompter=maps_prompter, batch_size=batch_size)
+        built = build_variant(prompter, source, benchmark, mapped, limit=limit, keep_original_image=keep_original_image,
+                              preview_rows=preview_rows)
+        results.append(publisher.publish(built) if publisher is not None else write_variant(output_dir, built))
+    logger.info("%d variant(s) remasked from %s without a model", len(results), record.config_name)
+    return {"variants": results, "model_passes": 0, "num_variants": len(results), "maps": record.config_name}
+
+
+def _load_maps(maps, maps_config: Optional[str], revision: str, token: Optional[str]):
+    """``(record, dataset)`` of the maps dataset in a local folder or a Hub repo."""
+    from datasets import load_dataset
+
+    from .layout import read_index
+
+    local = Path(maps).is_dir()
+    if local:
+        index = read_index(Path(maps))
+    else:
+        hub = HubPublisher(maps, token=token)
+        index = hub.index(revision)
+    candidates = [name for name in index.names() if index[name].maps]
+    if maps_config is not None:
+        if maps_config not in candidates:
+            raise ValueError(f"{maps!r} has no maps dataset {maps_config!r}; its maps datasets: {candidates} (nothing was computed)")
+        name = maps_config
+    elif len(candidates) == 1:
+        [name] = candidates
+    else:
+        raise ValueError(
+            f"{maps!r} holds {'no' if not candidates else len(candidates)} maps datasets"
+            f"{': ' + ', '.join(candidates) + '; choose one with maps_config (--maps-config)' if candidates else ' (make one with run --maps-only)'}"
+            " (nothing was computed)"
+        )
+    record = index[name]
+    if local:
+        dataset = load_dataset(str(maps), name=name, split=record.split)
+    else:
+        dataset = load_dataset(maps, name=name, split=record.split, revision=record.tag or revision, token=token)
+    return record, dataset
+
+
+def _benchmark_of(record) -> Benchmark:
+    """The benchmark a record's source was read as (its preset's lmms-eval task included)."""
+    from .benchmarks import available_benchmarks, get_benchmark
+
+    source = record.source
+    name = source.get("benchmark") or "custom"
+    base = get_benchmark(name) if name in available_benchmarks() else Benchmark(name=name, dataset_id=None, split=record.split)
+    return base.replace(
+        dataset_id=source.get("dataset"), split=record.split, image_column=source.get("image_column", base.image_column),
+        question_column=source.get("question_column", base.question_column), license=source.get("license") or base.license,
+        pretty_name=source.get("pretty_name") or base.pretty_name, homepage=source.get("homepage"),
+        citation=source.get("citation"),
+    )
 
 
 def _sum_summaries(summaries) -> dict:

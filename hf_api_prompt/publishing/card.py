@@ -77,7 +77,7 @@ def _row(record: VariantRecord) -> dict:
             other.append(f"{key}={prompter[key]}")
     if prompter.get("on_error") != "raise":
         other.append(f"on_error={prompter.get('on_error')}")
-    return {
+    row = {
         "name": record.config_name,
         "tag": record.tag,
         "backend": prompter.get("backend"),
@@ -103,6 +103,10 @@ def _row(record: VariantRecord) -> dict:
         "lmms_task": (record.lmms_eval or {}).get("task"),
         "judge_note": judge_note((record.lmms_eval or {}).get("base_task")),
     }
+    if record.maps:  # a maps dataset: its layers; the recipe and prompt are chosen when remasking
+        row.update(layer_index=", ".join(map(str, record.maps["layers"])), enhance_coe="open", kernel_size="open",
+                   interpolation="open", grayscale="open", geometry="open", other=", ".join(["raw maps"] + other))
+    return row
 
 
 def _sources(records: Iterable[VariantRecord]) -> List[dict]:
@@ -191,7 +195,9 @@ def render_card(
         is_hub=is_hub,
         any_lmms=any(r["lmms_task"] for r in rows),
         image_columns=sorted({c["image"] for c in columns}),
-        heatmap_columns=sorted({c["heatmap"] for c in columns}),
+        heatmap_columns=sorted({c["heatmap"] for c in columns if c.get("heatmap")}),
+        any_masked=any(not r.maps for r in records),
+        maps_variants=[r.config_name for r in records if r.maps],
         original_columns=sorted({c["original_image"] for c in columns if c.get("original_image")}),
         any_original=any(c.get("original_image") for c in columns),
         api_citation=API_CITATION,
