@@ -213,7 +213,7 @@ def test_lmms_eval_cli_masks_a_maps_dataset_when_it_reads_a_doc_as_the_materiali
     prompters = [ImagePrompter("clip", model=DEMO_MODEL, **recipe) for recipe in recipes]
     publish_sweep(prompters, benchmark, output_dir=tmp_path / "maps", maps_only=True)  # one model pass, both layers
     variants = [publish_variant(prompter, benchmark, output_dir=tmp_path / "variants")["config_name"] for prompter in prompters]
-    written = export_variants(tmp_path / "tasks", dataset_dir=tmp_path / "maps", base_task="mme", params=recipes)
+    written = export_variants(tmp_path / "tasks", dataset_dir=tmp_path / "maps", params=recipes)
     tasks = [task for task, _ in written]
     assert tasks == [lmms_eval_task_name("mme", name) for name in variants]  # the maps' results line up with theirs
     llava = make_local_llava(tmp_path / "llava")

@@ -35,7 +35,8 @@ MME_VISUAL = "lmms_eval.tasks.mme.utils.mme_doc_to_visual"
 
 
 def maps_record(rows="all") -> VariantRecord:
-    """A maps dataset's record as ``build_maps_variant`` writes it: ``prompter`` the base config, ``maps`` its layers."""
+    """A maps dataset's record as ``build_maps_variant`` writes it: ``prompter`` the base config, ``maps`` its layers,
+    no lmms-eval task (the export takes its benchmark preset's)."""
     return VariantRecord(
         config_name=maps_variant_name(MAPS, first_rows=4 if rows == "first 4" else None), split="test", num_rows=2,
         created="2026-01-01T00:00:00+00:00", library_version="0.1.0", prompter=BASE.to_dict(),
@@ -53,12 +54,12 @@ def materialized_record(config: PrompterConfig) -> VariantRecord:
     return record
 
 
-def export_variants_of(tmp_path, params, *records, base_task="mme"):
+def export_variants_of(tmp_path, params, *records):
     """``export_variants`` of a local folder whose ``api_variants.json`` holds ``records`` (no data: nothing reads it)."""
     folder = tmp_path / "maps"
     folder.mkdir(exist_ok=True)
     (folder / VARIANTS_FILE).write_text(VariantIndex({r.config_name: r for r in records}).to_json())
-    return export_variants(tmp_path / "tasks", dataset_dir=folder, params=params, base_task=base_task)
+    return export_variants(tmp_path / "tasks", dataset_dir=folder, params=params)
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_one_task_per_recipe_named_as_the_materialized_variant(tmp_path):
     # The ordinary export of the maps config (the base task's own keys), with only the name and doc_to_visual changed.
     task, path = written[1]
     dataset_path = str((tmp_path / "maps").resolve())
-    ordinary = task_config(record, dataset_path=dataset_path, revision=None, base_task="mme")
+    ordinary = task_config(record, dataset_path=dataset_path, revision=None)
     assert ordinary["doc_to_visual"] == MME_VISUAL
     expected = {**ordinary, "task": task, "doc_to_visual": FunctionRef(f"{task}.doc_to_visual")}
     body = "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("#"))
@@ -163,8 +164,7 @@ def test_lmms_eval_loads_the_maps_task_and_its_dataset(tmp_path, fake_masking):
     prompters = [ImagePrompter("clip", model=DEMO_MODEL, layer_index=layer) for layer in (1, 2)]
     publish_sweep(prompters, get_benchmark("mme"), dataset=source, output_dir=tmp_path / "maps", maps_only=True)
 
-    [(task, _)] = export_variants(tmp_path / "tasks", dataset_dir=tmp_path / "maps", base_task="mme",
-                                  params=[{"layer_index": 1, "grayscale": 50}])
+    [(task, _)] = export_variants(tmp_path / "tasks", dataset_dir=tmp_path / "maps", params=[{"layer_index": 1, "grayscale": 50}])
     assert task == lmms_eval_task_name("mme", variant_name(prompters[0].config.replace(grayscale=50)))
     loaded = get_task_dict([task], TaskManager(include_path=str(tmp_path / "tasks")))[task]
     docs = loaded.test_docs()
@@ -206,15 +206,17 @@ def test_recipes_go_with_maps_datasets_only(tmp_path):
     with pytest.raises(ValueError, match="is not a maps dataset .* takes no prompter parameters"):
         export_lmms_eval(ordinary, tmp_path, dataset_path="/data", prompter_params={"layer_index": 22})
     with pytest.raises(ValueError, match=r"is a maps dataset \(layers \[20, 21, 22\]\): pass the recipe"):
-        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", base_task="mme")
+        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data")
     with pytest.raises(ValueError, match="none of .* is one"):
         export_variants_of(tmp_path, [{"layer_index": 22}], ordinary)
     with pytest.raises(ValueError, match=r"variants \['clip-vit-l-14-336-maps-l20-21-22'\] are maps datasets: pass the recipes"):
         export_variants_of(tmp_path, None, maps_record())
     with pytest.raises(ValueError, match="give at least one parameter set"):
         export_variants_of(tmp_path, [], maps_record())
+    custom = maps_record()
+    custom.source["benchmark"] = "custom"  # not a preset: no task to derive from
     with pytest.raises(ValueError, match="has no lmms-eval base task: pass base_task"):
-        export_variants_of(tmp_path, [{"layer_index": 22}], maps_record(), base_task=None)
+        export_variants_of(tmp_path, [{"layer_index": 22}], custom)
     assert not list(tmp_path.glob("*.yaml")) and not (tmp_path / "tasks").exists()
 
 
@@ -235,11 +237,11 @@ def test_a_module_the_library_did_not_write_is_never_overwritten(tmp_path):
     task = lmms_eval_task_name("mme", variant_name(PAPER))
     (tmp_path / f"{task}.py").write_text("# someone's own code\n")
     with pytest.raises(FileExistsError, match=f"{task}.py exists and was not written by hf_api_prompt"):
-        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", base_task="mme", prompter_params={})
+        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", prompter_params={})
     assert (tmp_path / f"{task}.py").read_text() == "# someone's own code\n" and not (tmp_path / f"{task}.yaml").exists()
     # Its own module (an older export's), it rewrites.
     (tmp_path / f"{task}.py").write_text(MODULE_MARK + " 0.0.1 for an older export\n")
-    export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", base_task="mme", prompter_params={})
+    export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", prompter_params={})
     module = (tmp_path / f"{task}.py").read_text()
     assert module.startswith(MODULE_MARK) and f"MaskedDocToVisual({MME_VISUAL!r}, {BASE.to_json()!r})" in module
 
@@ -250,4 +252,4 @@ def test_the_base_task_must_have_a_doc_to_visual_function(tmp_path, monkeypatch)
     real = lmms_export.load_task_config
     monkeypatch.setattr(lmms_export, "load_task_config", lambda path: {**real(path), "doc_to_visual": "image"})
     with pytest.raises(ValueError, match="lmms-eval task 'mme' has doc_to_visual 'image', not a function"):
-        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", base_task="mme", prompter_params={})
+        export_lmms_eval(maps_record(), tmp_path, dataset_path="/data", prompter_params={})

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from .._version import __version__
 from ..config import PrompterConfig
 from ..stages import OPEN_FIELDS, MapsPrompter
-from .benchmarks import task_judge
+from .benchmarks import available_benchmarks, get_benchmark, task_judge
 from .variants import VariantRecord, lmms_eval_task_name, variant_name
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,10 @@ def recipe_config(record: VariantRecord, params: Mapping[str, Any]) -> PrompterC
 
 
 def _base_task(record: VariantRecord, base_task: Optional[str]) -> str:
-    base = base_task or (record.lmms_eval or {}).get("base_task")
+    """``base_task``, else the record's, else its benchmark preset's (a maps dataset's record names no task)."""
+    benchmark = record.source.get("benchmark")
+    preset = get_benchmark(benchmark).lmms_eval_task if benchmark in available_benchmarks() else None
+    base = base_task or (record.lmms_eval or {}).get("base_task") or preset
     if not base:
         raise ValueError(f"variant {record.config_name!r} has no lmms-eval base task: pass base_task (--base-task)")
     return base
@@ -281,7 +284,8 @@ def export_lmms_eval(
         output_dir: folder for ``{task}.yaml`` (and, for a maps dataset, ``{task}.py``).
         dataset_path: Hub repo id, or the absolute path of a local variant folder.
         revision: the variant's tag (Hub); ``None`` for a folder.
-        base_task: lmms-eval task to derive from; default: the one recorded for the benchmark.
+        base_task: lmms-eval task to derive from; default: the one recorded for the benchmark
+            (for a maps dataset, its benchmark preset's).
         token_required: set ``dataset_kwargs.token`` (a private repo).
         prompter_params: for a maps dataset (and only for one), the recipe of this task:
             config fields that override the record's base config (``{"layer_index": 22,
