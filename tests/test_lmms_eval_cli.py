@@ -61,6 +61,43 @@ def _offline_env(tmp_path: Path) -> dict:
     return env
 
 
+#: lmms-eval's CLI, recording the images each task hands the model: the model calls the ``doc_to_visual`` of the
+#: task's requests (``ConfigurableTask.doc_to_visual``, lmms-eval 0.7.3 ``api/task.py``), one call per doc, so this
+#: saves what it returns, per task, under ``$API_FED_VISUALS`` (read back by :func:`fed_visuals`).
+FED_VISUALS_DRIVER = """
+import hashlib, os, sys
+from pathlib import Path
+
+import numpy as np
+from lmms_eval.api.task import ConfigurableTask
+from lmms_eval.cli.dispatch import main
+
+task_doc_to_visual = ConfigurableTask.doc_to_visual
+
+
+def recording_doc_to_visual(self, doc):
+    visuals = task_doc_to_visual(self, doc)
+    folder = Path(os.environ["API_FED_VISUALS"], self.config.task)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(doc["question"].encode()).hexdigest()
+    np.savez(folder / (name + ".npz"), question=doc["question"], *[np.asarray(visual) for visual in visuals])
+    return visuals
+
+
+ConfigurableTask.doc_to_visual = recording_doc_to_visual
+sys.exit(main())
+"""
+
+
+def fed_visuals(folder: Path, task: str) -> dict:
+    """What :data:`FED_VISUALS_DRIVER` saved for ``task``: ``{question: [image array, ...]}``."""
+    fed = {}
+    for path in sorted((folder / task).glob("*.npz")):
+        with np.load(path) as saved:
+            fed[str(saved["question"])] = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+    return fed
+
+
 @pytest.mark.slow  # 1-2.5 min on a shared 2-core CPU, most of it lmms-eval starting (imports, task index)
 def test_lmms_eval_cli_evaluates_the_masked_rows_of_an_exported_variant(tmp_path):
     from datasets import load_dataset, load_from_disk
@@ -158,3 +195,55 @@ def test_card_of_a_judge_task_names_the_key(mmvet_variant):
     evaluate = card[card.index("## Evaluate with lmms-eval"):card.index("## Example")]
     assert "export OPENAI_API_KEY=" in evaluate and "GPT judge" in evaluate
     assert "device_map=auto" in evaluate and "_results.json" in evaluate and "n-samples" in evaluate
+
+
+@pytest.mark.slow  # 1-2.5 min on a shared 2-core CPU, most of it lmms-eval starting (imports, task index)
+def test_lmms_eval_cli_masks_a_maps_dataset_when_it_reads_a_doc_as_the_materialized_variant(tmp_path):
+    """One maps dataset, two recipes: lmms-eval feeds the model, doc by doc, the masked images of the two variants."""
+    from datasets import load_dataset, load_from_disk
+
+    from hf_api_prompt.publishing import publish_sweep
+    from hf_api_prompt.publishing.variants import lmms_eval_task_name
+
+    source_dir = save_mme_like(tmp_path / "mme_like")
+    source = load_from_disk(source_dir)
+    benchmark = get_benchmark("mme").replace(dataset_id=source_dir)
+    recipes = [{"layer_index": 1}, {"layer_index": 2, "enhance_coe": 2.5, "kernel_size": 5, "interpolation": "bicubic",
+                                    "grayscale": 60, "geometry": "aligned"}]
+    prompters = [ImagePrompter("clip", model=DEMO_MODEL, **recipe) for recipe in recipes]
+    publish_sweep(prompters, benchmark, output_dir=tmp_path / "maps", maps_only=True)  # one model pass, both layers
+    variants = [publish_variant(prompter, benchmark, output_dir=tmp_path / "variants")["config_name"] for prompter in prompters]
+    written = export_variants(tmp_path / "tasks", dataset_dir=tmp_path / "maps", params=recipes)
+    tasks = [task for task, _ in written]
+    assert tasks == [lmms_eval_task_name("mme", name) for name in variants]  # the maps' results line up with theirs
+    llava = make_local_llava(tmp_path / "llava")
+
+    limit = 4
+    driver = tmp_path / "fed_visuals.py"
+    driver.write_text(FED_VISUALS_DRIVER)
+    command = [
+        sys.executable, str(driver), "--model", "llava_hf", "--model_args", f"pretrained={llava},device=cpu,device_map=cpu",
+        "--tasks", ",".join(tasks), "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "results"),
+        "--limit", str(limit),
+    ]
+    env = {**_offline_env(tmp_path), "API_FED_VISUALS": str(tmp_path / "fed")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    log = (done.stdout + done.stderr)[-6000:]
+    results_files = sorted((tmp_path / "results").glob("*/*_results.json"))
+    assert len(results_files) == 1, f"lmms-eval (exit {done.returncode}) wrote no results file:\n{log}"
+    results = json.loads(results_files[0].read_text())
+    assert sorted(results["results"]) == sorted(tasks), log
+    for task in tasks:
+        config = results["configs"][task]
+        assert (config["dataset_path"], config["test_split"]) == (str((tmp_path / "maps").resolve()), "test")
+        assert "MaskedDocToVisual('lmms_eval.tasks.mme.utils.mme_doc_to_visual'" in config["doc_to_visual"]
+
+    # Each doc's image, masked from the maps by the task's recipe, is the one the materialized variant holds.
+    for task, name in zip(tasks, variants):
+        rows = load_dataset(str(tmp_path / "variants"), name, split="test")
+        fed = fed_visuals(tmp_path / "fed", task)
+        assert sorted(fed) == sorted(source["question"][:limit]), task
+        for i in range(limit):
+            [visual] = fed[rows[i]["question"]]
+            assert np.array_equal(visual, np.asarray(rows[i]["image"].convert("RGB"))), (task, i)
+            assert not np.array_equal(visual, np.asarray(source[i]["image"].convert("RGB"))), (task, i)

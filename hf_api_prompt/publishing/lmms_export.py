@@ -14,6 +14,19 @@ lmms-eval installed::
 Tasks whose metric calls an LLM judge (``judge`` in ``benchmarks.json``: MM-Vet,
 LLaVA-Bench) are exported with a note in the YAML header, and with a warning when
 the judge's key is not set, since lmms-eval's own error then hides the cause.
+
+A *maps dataset* (a record with ``maps``) holds the original images and the raw maps
+of some layers, so one dataset serves every mask recipe: it is exported as one task
+per recipe (``prompter_params``: layer, coefficient, kernel, interpolation, grayscale,
+geometry), named as the materialized variant of that recipe would be, so that their
+results line up. Such a task's ``doc_to_visual`` is a module written beside its YAML
+(``{task}.py``, see :mod:`hf_api_prompt.lmms_visual`) that masks the image when
+lmms-eval reads the doc and hands it to the base task's own ``doc_to_visual``.
+lmms-eval 0.7.3 refuses YAML keys it does not know (``TaskConfig`` is a dataclass)
+and calls ``doc_to_visual`` with the doc alone, so the recipe can only travel in code
+that lmms-eval imports: ``!function {task}.doc_to_visual`` is imported from the
+YAML's folder (``lmms_eval.utils.import_function`` tries the file first). The folder
+then needs hf_api_prompt installed as well as lmms-eval.
 """
 
 from __future__ import annotations
@@ -23,10 +36,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .benchmarks import task_judge
-from .variants import VariantRecord, lmms_eval_task_name
+from .._version import __version__
+from ..config import PrompterConfig
+from ..stages import OPEN_FIELDS, MapsPrompter
+from .benchmarks import available_benchmarks, get_benchmark, task_judge
+from .variants import VariantRecord, lmms_eval_task_name, variant_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +50,8 @@ _INSTALL_HINT = "exporting lmms-eval tasks needs lmms-eval: pip install 'hf_api_
 #: Keys of the base task that would attach the variant to the base task's groups and tags.
 _DROPPED_KEYS = ("include", "group", "tag", "task_alias", "group_alias")
 _SPLIT_KEYS = ("training_split", "validation_split", "fewshot_split")
+#: First line of the ``doc_to_visual`` modules the export writes; a ``{task}.py`` without it is never overwritten.
+MODULE_MARK = "# Written by hf_api_prompt export-lmms-eval"
 
 
 #: The environment variable each judge of ``benchmarks.json`` reads (lmms-eval 0.7.3's ``llm_judge``, ``API_TYPE=openai``).
@@ -136,6 +154,54 @@ def find_task_yaml(task: str) -> Path:
     raise ValueError(f"lmms-eval has no task {task!r} (searched {tasks_dir})")
 
 
+def recipe_config(record: VariantRecord, params: Mapping[str, Any]) -> PrompterConfig:
+    """The single-layer config that ``params`` choose from the maps of ``record``, checked at export, not at evaluation.
+
+    ``params`` override the record's base config; the result must be one the maps
+    serve (:meth:`~hf_api_prompt.stages.MapsPrompter.serves`: only the open fields,
+    :data:`~hf_api_prompt.stages.OPEN_FIELDS`, differ, and the layer is one of the maps').
+
+    Raises:
+        ValueError: naming the variant, the parameters and the problem.
+    """
+    what = f"maps variant {record.config_name!r}, parameters {dict(params)}"
+    try:
+        config = record.config.replace(**params)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what}: {error}") from None
+    if config.kernel_size == "auto":  # ImagePrompter sizes it by the model's grid, which the export does not load
+        raise ValueError(f"{what}: give kernel_size as an odd int ('auto' is resolved against the model's grid)")
+    problem = MapsPrompter(record.config, record.maps["layers"]).serves(config)
+    if problem:
+        raise ValueError(f"{what}: {problem}")
+    return config
+
+
+def _base_task(record: VariantRecord, base_task: Optional[str]) -> str:
+    """``base_task``, else the record's, else its benchmark preset's (a maps dataset's record names no task)."""
+    benchmark = record.source.get("benchmark")
+    preset = get_benchmark(benchmark).lmms_eval_task if benchmark in available_benchmarks() else None
+    base = base_task or (record.lmms_eval or {}).get("base_task") or preset
+    if not base:
+        raise ValueError(f"variant {record.config_name!r} has no lmms-eval base task: pass base_task (--base-task)")
+    return base
+
+
+def _first_rows(record: VariantRecord) -> Optional[int]:
+    """The ``first_rows`` of :func:`variant_name` for a variant made of ``record``'s rows (``source.rows``)."""
+    rows = record.source.get("rows", "all")
+    match = re.fullmatch(r"first (\d+)", rows)
+    if rows != "all" and match is None:
+        raise ValueError(f"variant {record.config_name!r} records source rows {rows!r}: expected 'all' or 'first N'")
+    return int(match.group(1)) if match else None
+
+
+def task_name(record: VariantRecord, base_task: Optional[str] = None, recipe: Optional[PrompterConfig] = None) -> str:
+    """The lmms-eval task of ``record``; for a maps dataset, the task of the variant that ``recipe`` would materialize."""
+    config_name = record.config_name if recipe is None else variant_name(recipe, first_rows=_first_rows(record))
+    return lmms_eval_task_name(_base_task(record, base_task), config_name)
+
+
 def task_config(
     record: VariantRecord,
     *,
@@ -143,11 +209,15 @@ def task_config(
     revision: Optional[str],
     base_task: Optional[str] = None,
     token_required: bool = False,
+    recipe: Optional[PrompterConfig] = None,
 ) -> Dict[str, Any]:
-    """The derived task configuration (a dict; ``FunctionRef`` values are ``!function`` tags)."""
-    base = base_task or (record.lmms_eval or {}).get("base_task")
-    if not base:
-        raise ValueError(f"variant {record.config_name!r} has no lmms-eval base task: pass base_task (--base-task)")
+    """The derived task configuration (a dict; ``FunctionRef`` values are ``!function`` tags).
+
+    With ``recipe`` (a maps dataset, see :func:`recipe_config`), the task is named
+    after the variant the recipe would materialize; its ``doc_to_visual`` is still the
+    base task's here (:func:`export_lmms_eval` wraps it).
+    """
+    base = _base_task(record, base_task)
     config = load_task_config(find_task_yaml(base))
     for key in _DROPPED_KEYS:
         config.pop(key, None)
@@ -160,7 +230,7 @@ def task_config(
     if token_required:
         kwargs["token"] = True
     derived = {
-        "task": lmms_eval_task_name(base, record.config_name),
+        "task": task_name(record, base, recipe),
         "dataset_path": dataset_path,
         "dataset_name": record.config_name,
     }
@@ -181,6 +251,22 @@ def dump_task_yaml(config: Dict[str, Any]) -> str:
     return yaml.dump(config, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1000)
 
 
+def visual_module(task: str, base_visual: str, recipe: PrompterConfig, record: VariantRecord) -> str:
+    """The source of ``{task}.py``: the ``doc_to_visual`` that masks the image by ``recipe`` before ``base_visual``."""
+    return (
+        f"{MODULE_MARK} {__version__} for lmms-eval task {task}; each export rewrites it.\n"
+        f'"""doc_to_visual of {task}: {base_visual} on the doc with its image masked from the maps of variant '
+        f'{record.config_name}."""\n\n'
+        "from hf_api_prompt.lmms_visual import MaskedDocToVisual\n\n"
+        f"doc_to_visual = MaskedDocToVisual({base_visual!r}, {recipe.to_json()!r})\n"
+    )
+
+
+def _recipe_text(recipe: PrompterConfig) -> str:
+    """The open fields of ``recipe`` that change the image: ``layer_index 22, enhance_coe 5.0, ...``."""
+    return ", ".join(f"{field} {getattr(recipe, field)}" for field in OPEN_FIELDS if not field.endswith("_column"))
+
+
 def export_lmms_eval(
     record: VariantRecord,
     output_dir,
@@ -189,37 +275,70 @@ def export_lmms_eval(
     revision: Optional[str] = None,
     base_task: Optional[str] = None,
     token_required: bool = False,
+    prompter_params: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write the lmms-eval task YAML of ``record`` into ``output_dir`` (use it with ``--include_path``).
 
     Args:
         record: the variant (from ``api_variants.json``).
-        output_dir: folder for ``{task}.yaml``.
+        output_dir: folder for ``{task}.yaml`` (and, for a maps dataset, ``{task}.py``).
         dataset_path: Hub repo id, or the absolute path of a local variant folder.
         revision: the variant's tag (Hub); ``None`` for a folder.
-        base_task: lmms-eval task to derive from; default: the one recorded for the benchmark.
+        base_task: lmms-eval task to derive from; default: the one recorded for the benchmark
+            (for a maps dataset, its benchmark preset's).
         token_required: set ``dataset_kwargs.token`` (a private repo).
+        prompter_params: for a maps dataset (and only for one), the recipe of this task:
+            config fields that override the record's base config (``{"layer_index": 22,
+            "enhance_coe": 2.5}``; those of :data:`hf_api_prompt.stages.OPEN_FIELDS`),
+            checked by :func:`recipe_config`.
 
     Returns:
         the path of the written YAML.
     """
+    if (record.maps is None) != (prompter_params is None):
+        if record.maps is None:
+            raise ValueError(f"variant {record.config_name!r} is not a maps dataset (its images are masked already): "
+                             "it takes no prompter parameters")
+        raise ValueError(f"variant {record.config_name!r} is a maps dataset (layers {list(record.maps['layers'])}): "
+                         "pass the recipe of the task (prompter parameters: layer_index, enhance_coe, ...)")
+    recipe = None if prompter_params is None else recipe_config(record, prompter_params)
     config = task_config(record, dataset_path=dataset_path, revision=revision, base_task=base_task,
-                         token_required=token_required)
+                         token_required=token_required, recipe=recipe)
+    base = _base_task(record, base_task)
     output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     path = output / f"{config['task']}.yaml"
-    base = base_task or (record.lmms_eval or {}).get("base_task")
     header = (
         f"# API variant {record.config_name} of {record.source.get('dataset')}, derived from lmms-eval task "
         f"{base!r} by hf_api_prompt {record.library_version}.\n"
         "# Only dataset_path, dataset_name, dataset_kwargs.revision and the split differ from the base task.\n"
     )
+    module = None
+    if recipe is not None:
+        base_visual = config.get("doc_to_visual")
+        if not isinstance(base_visual, FunctionRef):
+            raise ValueError(f"lmms-eval task {base!r} has doc_to_visual {base_visual!r}, not a function: "
+                             "a maps dataset needs one to hand the masked image to")
+        module = output / f"{config['task']}.py"
+        if module.exists() and not module.read_text(encoding="utf-8", errors="replace").startswith(MODULE_MARK):
+            raise FileExistsError(f"{module} exists and was not written by hf_api_prompt: move it away or export elsewhere")
+        config["doc_to_visual"] = FunctionRef(f"{config['task']}.doc_to_visual")
+        header = (
+            f"# Maps dataset {record.config_name} of {record.source.get('dataset')}, derived from lmms-eval task "
+            f"{base!r} by hf_api_prompt {record.library_version}.\n"
+            f"# Images are masked when lmms-eval reads each doc ({module.name}, beside this file, needs hf_api_prompt): "
+            f"{_recipe_text(recipe)}.\n"
+            "# Only dataset_path, dataset_name, dataset_kwargs.revision, the split and doc_to_visual differ from the "
+            "base task.\n"
+        )
     note = judge_note(base)
     if note:
         header += f"# {note}\n"
         missing = missing_judge_key(base)
         if missing:
             logger.warning("%s is not set. %s", missing, note)
+    output.mkdir(parents=True, exist_ok=True)
+    if module is not None:
+        module.write_text(visual_module(config["task"], str(base_visual), recipe, record), encoding="utf-8")
     path.write_text(header + dump_task_yaml(config), encoding="utf-8")
     logger.info("wrote lmms-eval task %s to %s", config["task"], path)
     return path
@@ -233,11 +352,14 @@ def export_variants(
     revision: str = "main",
     config_names=None,
     base_task: Optional[str] = None,
+    params: Optional[Sequence[Mapping[str, Any]]] = None,
 ) -> List[Tuple[str, Path]]:
     """Export the task YAMLs of the variants of a Hub repo or a local folder.
 
     On the Hub, each variant is pinned by its tag; a variant whose tag does not
-    exist (its push did not finish) is refused.
+    exist (its push did not finish) is refused. A maps dataset gives one task per
+    parameter set of ``params``; every parameter set and task name is checked
+    before anything is written.
 
     Args:
         output_dir: folder for the YAMLs (``lmms-eval --include_path``).
@@ -246,6 +368,9 @@ def export_variants(
         revision: where ``api_variants.json`` is read on the Hub.
         config_names: variants to export (default: all).
         base_task: lmms-eval task to derive from (default: each variant's benchmark task).
+        params: the recipes to evaluate the maps datasets among the variants with (see
+            :func:`export_lmms_eval`'s ``prompter_params``); required when there is one,
+            refused when there is none.
 
     Returns:
         ``[(task name, yaml path), ...]``.
@@ -269,12 +394,31 @@ def export_variants(
     names = list(config_names) if config_names else index.names()
     if not names:
         raise ValueError(f"no variants in {repo_id or dataset_dir}")
-    written = []
-    for name in names:
-        record = index[name]
+    records = [index[name] for name in names]
+    maps = [record.config_name for record in records if record.maps is not None]
+    if params is not None and not maps:
+        raise ValueError(f"prompter parameters choose the masks of maps datasets, and none of {names} is one")
+    if params is not None and not params:
+        raise ValueError("no prompter parameters: give at least one parameter set for the maps datasets")
+    if params is None and maps:
+        raise ValueError(f"variants {maps} are maps datasets: pass the recipes to evaluate them with (prompter "
+                         "parameters, one task each), or leave them out of the variants to export")
+    jobs, tasks = [], {}
+    for record in records:
         if repo_id is not None and record.tag not in tags:
-            raise ValueError(f"variant {name!r} of {repo_id!r} has no tag {record.tag!r} (its push did not finish): publish it again")
+            raise ValueError(f"variant {record.config_name!r} of {repo_id!r} has no tag {record.tag!r} "
+                             "(its push did not finish): publish it again")
+        for prompter_params in ([None] if record.maps is None else params):
+            recipe = None if prompter_params is None else recipe_config(record, prompter_params)
+            task = task_name(record, base_task, recipe)
+            what = record.config_name if recipe is None else f"{record.config_name} with {dict(prompter_params)}"
+            if task in tasks:
+                raise ValueError(f"{what} and {tasks[task]} would both be lmms-eval task {task!r}: export them apart")
+            tasks[task] = what
+            jobs.append((record, prompter_params))
+    written = []
+    for record, prompter_params in jobs:
         path = export_lmms_eval(record, output_dir, dataset_path=dataset_path, revision=record.tag if repo_id else None,
-                                base_task=base_task, token_required=private)
+                                base_task=base_task, token_required=private, prompter_params=prompter_params)
         written.append((path.stem, path))
     return written
