@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import sys
@@ -232,7 +233,11 @@ def card(args: argparse.Namespace) -> dict:
 
 def export_lmms_eval(args: argparse.Namespace) -> dict:
     from .publishing.lmms_export import export_variants
+    from .stages import OPEN_FIELDS
 
+    given = _prompter_params(args, OPEN_FIELDS)
+    choices = [v if isinstance(v, list) else [v] for v in given.values()]
+    params = [dict(zip(given, combination)) for combination in itertools.product(*choices)] if given else None
     written = export_variants(
         args.output_dir,
         repo_id=args.repo_id,
@@ -240,6 +245,7 @@ def export_lmms_eval(args: argparse.Namespace) -> dict:
         revision=args.revision,
         config_names=args.config or None,
         base_task=args.base_task,
+        params=params,
     )
     return {"include_path": args.output_dir, "tasks": [t for t, _ in written], "files": [str(p) for _, p in written]}
 
@@ -312,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--config", action="append", help="variant(s) to export (default: all); repeatable")
     export_parser.add_argument("--base-task", help="lmms-eval task to derive from (default: the benchmark's)")
     export_parser.add_argument("--output-dir", required=True, help="folder to pass to lmms-eval --include_path")
+    _add_prompter_flags(export_parser, OPEN_FIELDS, "on-the-fly masking of a maps dataset (run --maps-only): one task "
+                        "per combination, masked when lmms-eval reads a doc (--layer-index default: the maps' deepest)")
     export_parser.set_defaults(handler=export_lmms_eval)
 
     upload_parser = commands.add_parser("upload", help="upload a local variant folder to the Hub in one commit, then tag it")
