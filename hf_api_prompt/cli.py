@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
 import sys
@@ -233,11 +232,10 @@ def card(args: argparse.Namespace) -> dict:
 
 def export_lmms_eval(args: argparse.Namespace) -> dict:
     from .publishing.lmms_export import export_variants
-    from .stages import OPEN_FIELDS
+    from .stages import OPEN_FIELDS, combinations
 
     given = _prompter_params(args, OPEN_FIELDS)
-    choices = [v if isinstance(v, list) else [v] for v in given.values()]
-    params = [dict(zip(given, combination)) for combination in itertools.product(*choices)] if given else None
+    params = combinations(given) if given else None
     written = export_variants(
         args.output_dir,
         repo_id=args.repo_id,

@@ -78,16 +78,24 @@ def sweep(backend: str = "clip", **params: Any) -> List[ImagePrompter]:
     >>> [(p.config.layer_index, p.config.grayscale) for p in sweep("clip", model=DEMO_MODEL, layer_index=[1, 2], grayscale=[0, 9])]
     [(1, 0), (1, 9), (2, 0), (2, 9)]
     """
-    names = list(params)
-    choices = [list(value) if isinstance(value, (list, tuple)) else [value] for value in params.values()]
-    for name, values in zip(names, choices):
-        if not values:
-            raise ValueError(f"{name} has no value to sweep over")
     prompters: Dict[PrompterConfig, ImagePrompter] = {}
-    for combination in itertools.product(*choices):
-        prompter = ImagePrompter(backend, **dict(zip(names, combination)))
+    for combination in combinations(params):
+        prompter = ImagePrompter(backend, **combination)
         prompters.setdefault(prompter.config, prompter)
     return list(prompters.values())
+
+
+def combinations(params: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The Cartesian product of ``params``: a list or tuple value is several values, any other value one.
+
+    >>> combinations({"enhance_coe": [1, 5], "grayscale": 0})
+    [{'enhance_coe': 1, 'grayscale': 0}, {'enhance_coe': 5, 'grayscale': 0}]
+    """
+    choices = [list(value) if isinstance(value, (list, tuple)) else [value] for value in params.values()]
+    for name, values in zip(params, choices):
+        if not values:
+            raise ValueError(f"{name} has no value to sweep over")
+    return [dict(zip(params, combination)) for combination in itertools.product(*choices)]
 
 
 class MapsPrompter(_BatchFunction):

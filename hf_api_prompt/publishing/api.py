@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import os
 import shutil
@@ -14,7 +13,7 @@ from typing import Optional, Sequence
 from ..prompter import ImagePrompter
 from .benchmarks import Benchmark
 from ..sharded import CHUNKS_DIR, run_sharded, work_key
-from ..stages import MapsPrompter, maps_prompter_of, remask
+from ..stages import MapsPrompter, combinations, maps_prompter_of, remask
 from .build import build_maps_variant, build_variant, rows_to_mask
 from .hub import HubPublisher, RetryPolicy
 from .layout import check_output_folder, write_variant
@@ -215,10 +214,9 @@ def publish_remask(
     record, dataset = _load_maps(maps, maps_config, revision, token)
     maps_prompter = maps_prompter_of(dataset)
     params.setdefault("layer_index", list(maps_prompter.layers))
-    choices = [list(v) if isinstance(v, (list, tuple)) else [v] for v in params.values()]
     prompters = {}
-    for combination in itertools.product(*choices):
-        prompter = maps_prompter.prompter(**dict(zip(params, combination)))
+    for combination in combinations(params):
+        prompter = maps_prompter.prompter(**combination)
         prompters.setdefault(prompter.config, prompter)
     source = Source(dataset, record.source.get("dataset"), record.source.get("revision"),
                     bool(record.source.get("from_hub")), record.source.get("license"))
