@@ -11,20 +11,20 @@ GOLDEN_MODEL = "local-dir:" + str(GOLDEN / "model")
 
 @pytest.fixture
 def backend_loads(monkeypatch, tmp_path):
-    """Record each ClipBackend construction, in num_proc workers too: read() gives ``[(pid, torch threads), ...]``."""
+    """Record each backend construction (any backend), in num_proc workers too: read() gives ``[(pid, torch threads), ...]``."""
     import torch
 
-    from hf_api_prompt.backends.clip import ClipBackend
+    from hf_api_prompt.backends.base import Backend
 
     log = tmp_path / "backend_loads.txt"
-    original = ClipBackend.__init__
+    original = Backend.__init__
 
     def recording_init(self, *args, **kwargs):
         with open(log, "a") as handle:
             handle.write(f"{os.getpid()} {torch.get_num_threads()}\n")
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ClipBackend, "__init__", recording_init)
+    monkeypatch.setattr(Backend, "__init__", recording_init)
 
     def read():
         return [tuple(map(int, line.split())) for line in log.read_text().splitlines()] if log.exists() else []
@@ -37,6 +37,30 @@ def golden_dir() -> Path:
     if not GOLDEN.is_dir():
         pytest.fail(f"golden fixtures not found at {GOLDEN} (tests/fixtures/golden/ in the repository, or HF_API_PROMPT_GOLDEN)")
     return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def golden_manifest(golden_dir) -> dict:
+    """The golden fixtures' manifest.json: images, layers, parameter sets, cases."""
+    import json
+
+    return json.loads((golden_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def golden_dataset(golden_dir, golden_manifest):
+    """The golden images as a dataset: ``id``, ``image`` (an ``Image`` feature read from the files), ``question``."""
+    from datasets import Dataset, Image as ImageFeature
+
+    rows = golden_manifest["images"]
+    ds = Dataset.from_dict(
+        {
+            "id": [r["id"] for r in rows],
+            "image": [str(golden_dir / r["file"]) for r in rows],
+            "question": [r["question"] for r in rows],
+        }
+    )
+    return ds.cast_column("image", ImageFeature())
 
 
 def make_local_clip(directory: Path, *, image_size=64, patch_size=8, width=64, layers=3, heads=4, seed=0) -> str:
@@ -67,3 +91,77 @@ def make_local_clip(directory: Path, *, image_size=64, patch_size=8, width=64, l
 def tiny_clip(tmp_path_factory) -> str:
     """``local-dir:`` name of a tiny random CLIP (64 px input, 8x8 grid, 3 blocks)."""
     return make_local_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+#: The tiny LLaVA of :func:`make_local_llava`: its patch grid (56 px input, 7 px patches) and end-of-sequence id.
+TINY_LLAVA_GRID = 8
+TINY_LLAVA_EOS = 2
+_LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+_LLAVA_WORDS = sorted(set(
+    "a an the is are what where which color of in on this that cat cats dog dogs red blue green picture image there "
+    "how many left right USER ASSISTANT : ? . , chat between curious human and artificial intelligence assistant gives "
+    "helpful detailed polite answers to human's questions yes no one two three animal big small".split()
+))
+
+
+def make_local_llava(directory, *, seed=0, max_shard_size=None):
+    """Save a tiny random LLaVA (CLIP 56 px / 7 px patches -> 8x8 grid; Llama 3 layers, GQA) with its processor.
+
+    The end-of-sequence row of the LM head copies the row of ":" scaled by 1.01, so
+    greedy answers end wherever they would have said ":": some samples stop early,
+    others run to ``max_new_tokens`` (deterministic for the seed). Query and key
+    projections are scaled up so attention is peaked: averaging the wrong steps
+    then moves a heatmap by ~1e-2, far above the tests' 1e-5.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    vocab = {token: i for i, token in enumerate(specials + _LLAVA_WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    backend.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        additional_special_tokens=["<image>"],
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=7, vision_feature_select_strategy="default",
+        chat_template=_LLAVA_CHAT_TEMPLATE, num_additional_image_tokens=1,
+    )
+    torch.manual_seed(seed)
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", image_size=56, patch_size=7, hidden_size=32,
+                           intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        text_config=dict(model_type="llama", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, bos_token_id=1, eos_token_id=TINY_LLAVA_EOS, pad_token_id=3),
+        image_token_index=4,
+        image_seq_length=TINY_LLAVA_GRID * TINY_LLAVA_GRID,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[TINY_LLAVA_EOS] = model.lm_head.weight[vocab[":"]] * 1.01
+        for layer in model.model.language_model.layers:  # peaked attention: heatmaps far from uniform
+            layer.self_attn.q_proj.weight.mul_(10.0)
+            layer.self_attn.k_proj.weight.mul_(10.0)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(directory, **kwargs)
+    processor.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> str:
+    """Folder of a tiny random LLaVA (:func:`make_local_llava`, seed 0)."""
+    return make_local_llava(tmp_path_factory.mktemp("tiny_llava"))

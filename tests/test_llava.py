@@ -19,22 +19,10 @@ from hf_api_prompt import ImagePrompter, RowError, masks
 from hf_api_prompt.backends.llava import CAPTURE_ATTENTION, SYSTEM_PROMPT, ImageAttentionCapture
 
 from compare import assert_heatmaps_close, assert_image_lists_close
+from conftest import TINY_LLAVA_EOS as EOS, TINY_LLAVA_GRID as GRID, make_local_llava
 
 LAYER = 1
 MAX_NEW_TOKENS = 10
-GRID = 8  # 56 px input, 7 px patches
-EOS = 2
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}{% endfor %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-WORDS = sorted(set(
-    "a an the is are what where which color of in on this that cat cats dog dogs red blue green picture image there "
-    "how many left right USER ASSISTANT : ? . , chat between curious human and artificial intelligence assistant gives "
-    "helpful detailed polite answers to human's questions yes no one two three animal big small".split()
-))
 QUESTIONS = [
     "what is this?",
     "what color is the cat on the left?",
@@ -43,62 +31,6 @@ QUESTIONS = [
     "where is the blue dog in this picture?",
     "which animal is on the right?",
 ]
-
-
-def make_local_llava(directory, *, seed=0, max_shard_size=None):
-    """Save a tiny random LLaVA (CLIP 56 px / 7 px patches -> 8x8 grid; Llama 3 layers, GQA) with its processor.
-
-    The end-of-sequence row of the LM head copies the row of ":" scaled by 1.01, so
-    greedy answers end wherever they would have said ":": some samples stop early,
-    others run to ``max_new_tokens`` (deterministic for the seed). Query and key
-    projections are scaled up so attention is peaked: averaging the wrong steps
-    then moves a heatmap by ~1e-2, far above the tests' 1e-5.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    vocab = {token: i for i, token in enumerate(specials + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    backend.decoder = decoders.WordPiece(prefix="##")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        additional_special_tokens=["<image>"],
-    )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=7, vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1,
-    )
-    torch.manual_seed(seed)
-    config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", image_size=56, patch_size=7, hidden_size=32,
-                           intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-        text_config=dict(model_type="llama", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=1, eos_token_id=EOS, pad_token_id=3),
-        image_token_index=4,
-        image_seq_length=GRID * GRID,
-    )
-    model = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight[EOS] = model.lm_head.weight[vocab[":"]] * 1.01
-        for layer in model.model.language_model.layers:  # peaked attention: heatmaps far from uniform
-            layer.self_attn.q_proj.weight.mul_(10.0)
-            layer.self_attn.k_proj.weight.mul_(10.0)
-    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.save_pretrained(directory, **kwargs)
-    processor.save_pretrained(directory)
-    return str(directory)
-
-
-@pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory) -> str:
-    return make_local_llava(tmp_path_factory.mktemp("tiny_llava"))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The documented evaluation path, run for real: publish a variant, export its task, run lmms-eval's CLI on it.
 
-Offline: a tiny random LLaVA (``test_llava.make_local_llava``), the bundled demo CLIP
+Offline: a tiny random LLaVA (``conftest.make_local_llava``), the bundled demo CLIP
 for the masks, a local variant folder, no Hub and no judge. lmms-eval exits with
 status 0 even when it evaluated nothing (a task that did not load, a model that did
 not start), so the test reads the results and samples files it writes instead of
@@ -23,8 +23,8 @@ from hf_api_prompt import ImagePrompter
 from hf_api_prompt.bundled import DEMO_MODEL, DEMO_MODEL_LAYER
 from hf_api_prompt.publishing import get_benchmark, publish_variant
 
+from conftest import make_local_llava
 from publish_fixtures import pixels, save_mmvet_like
-from test_llava import make_local_llava
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is the 'eval' extra")
 

@@ -18,7 +18,6 @@ from hf_api_prompt.publishing import custom_benchmark, publish_variant
 from hf_api_prompt.publishing.build import build_variant, rows_to_mask
 from hf_api_prompt.publishing.sources import in_memory_source
 
-from test_llava import make_local_llava
 
 Q = "what is this?"
 JUNK = {"bytes": b"these bytes are not an image", "path": None}
@@ -40,11 +39,6 @@ def dataset(images, questions) -> Dataset:
         {"id": list(range(len(images))), "image": images, "question": questions},
         features=Features({"id": Value("int64"), "image": ImageFeature(), "question": Value("string")}),
     )
-
-
-@pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory) -> str:
-    return make_local_llava(tmp_path_factory.mktemp("tiny_llava"))
 
 
 @pytest.fixture(scope="module")
