@@ -50,7 +50,6 @@ class _BatchFunction:
     def __setstate__(self, state: Dict[str, Any]):
         self.config = PrompterConfig.from_json(state["config"])
         self._backend = None
-        self._grid_shape = state.get("grid_shape")
 
     @property
     def grid_shape(self) -> Tuple[int, int]:

@@ -146,7 +146,7 @@ class MapsPrompter(_BatchFunction):
         return [cls(base, layers) for base, layers in groups.items()]
 
     def __getstate__(self) -> Dict[str, Any]:
-        return {"config": self.config.to_json(), "layers": list(self.layers), "grid_shape": self._grid_shape}
+        return {"config": self.config.to_json(), "layers": list(self.layers)}
 
     def __setstate__(self, state: Dict[str, Any]):
         super().__setstate__(state)
