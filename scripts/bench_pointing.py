@@ -1,6 +1,6 @@
 """Pointing game: does the mask land on the object the question asks about? (issue 6)
 
-    python scripts/bench_pointing.py                                # bundled demo model, 500 held-out scenes, every block: over 5 min on 2 cores
+    python scripts/bench_pointing.py                                # bundled demo model, 500 held-out scenes, every block: about a minute on 2 cores
     python scripts/bench_pointing.py --layers 1                     # block 1 only, a fraction of that
     python scripts/bench_pointing.py --model local-dir:/tmp/clip --json pointing.json
 
@@ -15,7 +15,13 @@ red object?"; ``where``: names both), and the target is the object it names.
 
 Maps, built with the library (``ImagePrompter(...).backend().raw_maps`` and
 ``hf_api_prompt.masks``) for every ``layer_index`` of the model and kernel
-sizes 1 and 3 (``enhance_coe`` 5, the paper's):
+sizes 1, 3 and ``auto`` (``hf_api_prompt.masks.auto_kernel_size`` of the grid:
+the paper's 3 on a 24 x 24 grid scaled to the model's; on the demo model's
+14 x 14 grid auto = 1, so its rows repeat the k1 rows), ``enhance_coe`` 5, the
+paper's. The raw maps of every layer come from one pass of the image tower per
+scene batch and question set (the real questions, then the control questions:
+the text enters every map, so each set is a pass), through the deepest layer
+asked for, as the library's maps stage computes them for a sweep:
 
 - ``attention``: ``mean_filter(enhance(A))``, the attention map alone;
 - ``token``: ``mean_filter(invert(T))``, the token map alone, inverted as the
@@ -71,7 +77,7 @@ logger = logging.getLogger("bench_pointing")
 
 FIRST_SEED = 500_000
 ENHANCE_COE = 5
-KERNEL_SIZES = (1, 3)
+KERNEL_SIZES = (1, 3, "auto")  # "auto": masks.auto_kernel_size(grid), resolved per model
 MAPS = ("attention", "token", "union")
 BASELINES = ("random cell", "center cell", "random object", "largest object")
 
@@ -158,35 +164,40 @@ def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112)
 
     Returns ``{"rows": [{"layer_index", "map", "kernel_size", "hit", "mass",
     "control_hit", "hit_by_type": {...}, "mass_by_type": {...}}], "baselines": [...], "n": ...,
-    "n_by_type": {...}, "blocks": number of blocks of the image tower}``.
+    "n_by_type": {...}, "blocks": number of blocks of the image tower, "auto_kernel_size": what
+    kernel_size "auto" is on this grid}``. The rows are ordered by layer, kernel, map.
     """
     scenes = [make_scene(seed, size, min_objects=2) for seed in seeds]
     controls = [control_question(scene, seed) for scene, seed in zip(scenes, seeds)]
     types = np.array([s.question_type for s in scenes])
-    results: Dict[Tuple[int, str, int], Dict[str, list]] = {}
-    grid_boxes, insides = None, None
-    for layer in layers:
-        backend = ImagePrompter("clip", model=model, layer_index=layer, enhance_coe=ENHANCE_COE).backend()
-        if insides is None:
-            grid_shape = tuple(backend.model.visual.grid_size)
-            blocks = len(backend.model.visual.transformer.resblocks)
-            grid_boxes = [backend.grid_box(s.image.size) for s in scenes]
-            insides = [cells_inside(grid_shape, gb, s.image.size, s.target.box) for s, gb in zip(scenes, grid_boxes)]
-        for start in range(0, len(scenes), batch_size):
-            batch = scenes[start:start + batch_size]
-            with torch.inference_mode():
-                pixels = backend.pixels([s.image for s in batch])
-                real = backend.raw_maps(pixels, backend.encode_questions([s.question for s in batch]))
-                control = backend.raw_maps(pixels, backend.encode_questions(controls[start:start + batch_size]))
-            for kernel in KERNEL_SIZES:
-                real_maps, control_maps = variant_maps(*real, kernel), variant_maps(*control, kernel)
+    layers = list(dict.fromkeys(layers))
+    # Built for the deepest layer, the backend reads every shallower one on the way there.
+    backend = ImagePrompter("clip", model=model, layer_index=max(layers), enhance_coe=ENHANCE_COE).backend()
+    grid_shape = tuple(backend.model.visual.grid_size)
+    blocks = len(backend.model.visual.transformer.resblocks)
+    kernels = {kernel: masks.auto_kernel_size(grid_shape) if kernel == "auto" else kernel for kernel in KERNEL_SIZES}
+    grid_boxes = [backend.grid_box(s.image.size) for s in scenes]
+    insides = [cells_inside(grid_shape, gb, s.image.size, s.target.box) for s, gb in zip(scenes, grid_boxes)]
+    results: Dict[Tuple[int, str, object], Dict[str, list]] = {
+        (layer, name, kernel): {"hit": [], "mass": [], "control_hit": []} for layer in layers for kernel in KERNEL_SIZES for name in MAPS
+    }
+    for start in range(0, len(scenes), batch_size):
+        batch = scenes[start:start + batch_size]
+        with torch.inference_mode():
+            pixels = backend.pixels([s.image for s in batch])
+            real = backend.raw_maps(pixels, backend.encode_questions([s.question for s in batch]), layers)
+            control = backend.raw_maps(pixels, backend.encode_questions(controls[start:start + batch_size]), layers)
+        for layer in layers:
+            for kernel, kernel_size in kernels.items():
+                real_maps = variant_maps(real[layer]["attention"], real[layer]["tokens"], kernel_size)
+                control_maps = variant_maps(control[layer]["attention"], control[layer]["tokens"], kernel_size)
                 for name in MAPS:
-                    entry = results.setdefault((layer, name, kernel), {"hit": [], "mass": [], "control_hit": []})
+                    entry = results[layer, name, kernel]
                     for i, inside in enumerate(insides[start:start + batch_size]):
                         entry["hit"].append(pointing_hit(real_maps[name][i].numpy(), inside))
                         entry["mass"].append(mass_inside(real_maps[name][i].numpy(), inside))
                         entry["control_hit"].append(pointing_hit(control_maps[name][i].numpy(), inside))
-        logger.info("layer %d done", layer)
+        logger.info("scenes %d..%d done", start, start + len(batch) - 1)
 
     def summary(values: Dict[str, list]) -> dict:
         out = {key: round(float(np.mean(v)), 4) for key, v in values.items()}
@@ -205,7 +216,14 @@ def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112)
             baseline_values[name]["mass"].append(mass)
     baselines = [{"baseline": name, **summary(values)} for name, values in baseline_values.items()]
     counts = {t: int((types == t).sum()) for t in QUESTION_TYPES}
-    return {"rows": rows, "baselines": baselines, "n": len(scenes), "n_by_type": counts, "blocks": blocks}
+    return {"rows": rows, "baselines": baselines, "n": len(scenes), "n_by_type": counts, "blocks": blocks,
+            "grid": list(grid_shape), "auto_kernel_size": kernels["auto"]}
+
+
+def setting_name(row: dict, report: dict) -> str:
+    """``L1 union k3``; kernel ``auto`` with the size it stands for: ``L1 union kauto=1``."""
+    kernel = f"auto={report['auto_kernel_size']}" if row["kernel_size"] == "auto" else str(row["kernel_size"])
+    return f"L{row['layer_index']} {row['map']} k{kernel}"
 
 
 def format_table(report: dict, paper_layer: int) -> str:
@@ -215,7 +233,7 @@ def format_table(report: dict, paper_layer: int) -> str:
     for row in report["rows"]:
         mark = "  <- product mask at the bundled layer" if (row["map"], row["kernel_size"], row["layer_index"]) == ("union", 3, paper_layer) else ""
         by_type = " ".join(f"{row['hit_by_type'][t]:6.3f}" for t in QUESTION_TYPES)
-        lines.append(f"{'L' + str(row['layer_index']) + ' ' + row['map'] + ' k' + str(row['kernel_size']):<30} "
+        lines.append(f"{setting_name(row, report):<30} "
                      f"{row['hit']:6.3f} {by_type} {row['mass']:6.3f} {row['control_hit']:8.3f}{mark}")
     lines.append("-" * len(header))
     for row in report["baselines"]:
@@ -223,7 +241,7 @@ def format_table(report: dict, paper_layer: int) -> str:
         lines.append(f"{'baseline: ' + row['baseline']:<30} {row['hit']:6.3f} {by_type} {row['mass']:6.3f} {'':>8}")
     best = max(report["rows"], key=lambda r: r["hit"])
     random_object = next(b for b in report["baselines"] if b["baseline"] == "random object")
-    lines.append(f"best: L{best['layer_index']} {best['map']} k{best['kernel_size']} hit {best['hit']:.3f} = "
+    lines.append(f"best: {setting_name(best, report)} hit {best['hit']:.3f} = "
                  f"{best['hit'] / random_object['hit']:.2f}x random object ({random_object['hit']:.3f}); "
                  f"control {best['control_hit']:.3f}")
     # The paper's pipeline: union with the inverted token map, kernel 3, at the bundled layer and at the
@@ -233,6 +251,8 @@ def format_table(report: dict, paper_layer: int) -> str:
         if paper is not None:
             lines.append(f"paper-default pipeline (union k3) at L{layer}: hit {paper['hit']:.3f} = "
                          f"{paper['hit'] / random_object['hit']:.2f}x random object; control {paper['control_hit']:.3f}")
+    lines.append(f"kauto: hf_api_prompt.masks.auto_kernel_size of the {report['grid'][0]}x{report['grid'][1]} grid = "
+                 f"{report['auto_kernel_size']} (the paper's 3 on 24x24, scaled to this grid)")
     return "\n".join(lines)
 
 
