@@ -113,3 +113,8 @@ def test_shipped_model_points_at_the_asked_object():
     assert row["hit"] >= 1.3 * random_object["hit"], (row, random_object)
     assert row["control_hit"] <= 0.5 * row["hit"], row
     assert row["mass"] > 1.4 * next(b for b in report["baselines"] if b["baseline"] == "random cell")["mass"]
+    # kernel "auto" on the 14 x 14 grid: 2 * floor(14 / 16) + 1 = 1, so its rows are the k1 rows
+    assert report["auto_kernel_size"] == 1
+    for auto in (r for r in report["rows"] if r["kernel_size"] == "auto"):
+        k1 = next(r for r in report["rows"] if (r["layer_index"], r["map"], r["kernel_size"]) == (auto["layer_index"], auto["map"], 1))
+        assert {**auto, "kernel_size": 1} == k1
