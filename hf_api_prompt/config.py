@@ -18,6 +18,9 @@ from PIL import Image
 from ._version import __version__
 
 GEOMETRIES = ("paper", "aligned")
+#: Fields added after the first release, with their defaults: at the default they are not part of a
+#: variant's identity, so the variants published before them keep their names.
+LATER_FIELDS = {"prompt": "mask"}
 ERROR_POLICIES = ("raise", "passthrough")
 _DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -72,6 +75,8 @@ class PrompterConfig:
         grayscale: value (0-255) that masked-out pixels are blended towards.
         geometry: ``"paper"`` stretches the grid over the whole image as the authors
             did; ``"aligned"`` maps each cell back onto the pixels the model saw.
+        prompt: the visual prompt style (:func:`hf_api_prompt.prompts.available_prompts`):
+            ``"mask"``, the paper's soft mask.
         image_column, question_column: input columns.
         masked_image_column, heatmap_column: output columns.
         on_error: ``"raise"`` (a bad row stops the map with an error naming it) or
@@ -103,6 +108,7 @@ class PrompterConfig:
     interpolation: str = "LANCZOS"
     grayscale: int = 0
     geometry: str = "paper"
+    prompt: str = "mask"
     image_column: str = "image"
     question_column: str = "question"
     masked_image_column: str = "masked_image"

@@ -224,6 +224,7 @@ class ImagePrompter(_BatchFunction):
         if "library_version" in params or "weights_sha256" in params:
             raise TypeError("library_version and weights_sha256 are filled in, not passed")
         config = backend_cls.resolve_config(PrompterConfig(backend=backend, **settings))
+        prompts.check_prompt(config.prompt)
         if config.kernel_size == "auto":
             config = config.replace(kernel_size=masks.auto_kernel_size(backend_cls.grid_shape(config)))
         self.config = config
@@ -238,6 +239,7 @@ class ImagePrompter(_BatchFunction):
         and loading its backend fails with the model's own error.
         """
         prompter = cls.__new__(cls)
+        prompts.check_prompt(config.prompt)
         if config.kernel_size == "auto":
             config = config.replace(kernel_size=masks.auto_kernel_size(grid_shape))
         prompter.config, prompter._backend, prompter._grid_shape = config, None, tuple(grid_shape)

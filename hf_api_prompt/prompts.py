@@ -1,6 +1,7 @@
 """Stage 3 of docs/method.md: visual prompts, grid mask + image -> prompted image (pure, no model).
 
-A prompt style is one function registered under a name; it receives the RGB
+A prompt style is one function registered under a name (the config's ``prompt``
+selects it; adding one touches nothing else); it receives the RGB
 image, its grid mask as ``uint8`` (``floor(mask * 255)``), the grid box the image
 maps to (``None``: the grid is stretched over the whole image) and the config,
 and returns a :class:`Prompted`. :func:`apply_prompt` is the stage's entry point,
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from . import masks
-from .config import PrompterConfig
+from .config import GEOMETRIES, PrompterConfig
 
 Box = masks.Box
 
@@ -49,7 +50,12 @@ _STYLES: Dict[str, PromptStyle] = {}
 
 
 def register_prompt(name: str):
-    """Function decorator: make a prompt style available under ``name``."""
+    """Function decorator: make a prompt style available as ``ImagePrompter(..., prompt=name)``.
+
+    The name is spelled in variant names (after the geometry), so it may not be a geometry's.
+    """
+    if name in GEOMETRIES:
+        raise ValueError(f"a prompt style cannot be named like a geometry ({name!r})")
 
     def register(function: PromptStyle) -> PromptStyle:
         _STYLES[name] = function
@@ -60,6 +66,12 @@ def register_prompt(name: str):
 
 def available_prompts() -> List[str]:
     return sorted(_STYLES)
+
+
+def check_prompt(name: str):
+    """Raise ``ValueError`` unless ``name`` is a registered prompt style."""
+    if name not in _STYLES:
+        raise ValueError(f"unknown prompt style {name!r}; available: {available_prompts()}")
 
 
 @register_prompt("mask")
@@ -74,9 +86,8 @@ def apply_prompt(
     images: Sequence[Image.Image],
     grid_masks: np.ndarray,
     boxes: Sequence[Optional[Box]],
-    style: str = "mask",
 ) -> List[Prompted]:
-    """Prompt each image with its grid mask ``[B, gh, gw]`` in [0, 1].
+    """Prompt each image with its grid mask ``[B, gh, gw]`` in [0, 1], in the style ``config.prompt``.
 
     Args:
         boxes: the backend's grid box of each image; used only with ``geometry="aligned"``.
@@ -84,10 +95,10 @@ def apply_prompt(
     Raises:
         ValueError: ``geometry="aligned"`` for an image whose box is unknown.
     """
-    if style not in _STYLES:
-        raise ValueError(f"unknown prompt style {style!r}; available: {available_prompts()}")
+    check_prompt(config.prompt)
     if config.geometry == "aligned" and any(box is None for box in boxes):
         raise ValueError("geometry='aligned' needs the grid box of every image, and the maps hold none for some")
     use = boxes if config.geometry == "aligned" else [None] * len(images)
     grid_u8 = masks.mask_to_uint8(grid_masks)
-    return [_STYLES[style](image, grid, box, config) for image, grid, box in zip(images, grid_u8, use)]
+    style = _STYLES[config.prompt]
+    return [style(image, grid, box, config) for image, grid, box in zip(images, grid_u8, use)]

@@ -42,7 +42,7 @@ MAPS_CONFIG_COLUMN = "api_maps_config"
 #: Per row, the grid box of the image (``geometry="aligned"``), or ``None`` when the backend has none.
 BOX_COLUMN = "api_grid_box"
 #: Config fields a maps dataset leaves open: which of its layers, the recipe, the prompt and the output columns.
-OPEN_FIELDS = ("layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale", "geometry",
+OPEN_FIELDS = ("layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale", "geometry", "prompt",
                "masked_image_column", "heatmap_column")
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PrompterConfig)}
 

@@ -38,6 +38,7 @@ ONE_FIELD_CHANGES = [
     dict(interpolation="bicubic"),
     dict(grayscale=1),
     dict(geometry="aligned"),
+    dict(prompt="crop"),
     dict(pretrained="laion2b_s32b_b82k"),
     dict(pretrained=None),
     dict(model="ViT-B-16"),
@@ -192,10 +193,13 @@ def _hash(config: PrompterConfig, **portable) -> str:
     """The 8-hex hash of a name, computed here: sha256 of the sorted, compact JSON of the identity fields.
 
     ``portable``: the fields as the checkout-independent config holds them (local weights by their name).
+    Fields that did not exist when these names were published (``prompt``) are left out at their default.
     """
     import hashlib
 
-    fields = {k: v for k, v in {**config.to_dict(), **portable}.items() if k not in NOT_IDENTITY}
+    later = {"prompt": "mask"}
+    fields = {k: v for k, v in {**config.to_dict(), **portable}.items()
+              if k not in NOT_IDENTITY and not (k in later and v == later[k])}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
 
 
@@ -212,7 +216,7 @@ LLAVA_LOCAL = PrompterConfig(backend="llava", model="/x/checkpoints/my_llava", p
 
 
 @pytest.mark.parametrize("config, expected", [
-    # {backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{own}][-h{hash}]
+    # {backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{prompt}][-{own}][-h{hash}]
     (PAPER, "clip-vit-l-14-336-l22-e5-k3-lanczos-g0"),  # the backend's default weights: no pretrained part
     (PAPER.replace(model="ViT-B-16", pretrained="laion2b_s34b_b88k", layer_index=10),  # spelled exactly: no hash
      "clip-vit-b-16-laion2b-s34b-b88k-l10-e5-k3-lanczos-g0"),
@@ -226,6 +230,8 @@ LLAVA_LOCAL = PrompterConfig(backend="llava", model="/x/checkpoints/my_llava", p
 ])
 def test_published_names_are_pinned(config, expected):
     """Names already published must never change: each one spelled out here from the documented scheme."""
+    # The version before the prompt field named the local folder so (its code, run on this config):
+    assert variant_name(CLIP_LOCAL) == "clip-my-clip-v2-l1-e5-k3-lanczos-g0-h3993badb"
     assert variant_name(config) == expected
     assert variant_name(config, first_rows=3) == expected + "-first3"
     # Column names are no part of the identity, llava's answer column included.

@@ -77,6 +77,8 @@ def _row(record: VariantRecord) -> dict:
             other.append(f"{key}={prompter[key]}")
     if prompter.get("on_error") != "raise":
         other.append(f"on_error={prompter.get('on_error')}")
+    if prompter.get("prompt", "mask") != "mask":
+        other.append(f"prompt={prompter['prompt']}")
     row = {
         "name": record.config_name,
         "tag": record.tag,

@@ -27,14 +27,14 @@ import os
 from typing import Any, Dict, List, Optional, Set
 
 from .._version import __version__
-from ..config import PrompterConfig
+from ..config import LATER_FIELDS, PrompterConfig
 
 VARIANTS_FILE = "api_variants.json"
 PREVIEW_DIR = "previews"
 #: Config fields that ``variant_name`` spells out for every backend (a backend adds its ``Backend.name_fields``);
 #: any other identity field that differs from its default adds the hash.
 _READABLE = {"backend", "model", "pretrained", "layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale",
-             "geometry"}
+             "geometry", "prompt"}
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PrompterConfig)}
 
 
@@ -87,7 +87,8 @@ def identity(config: PrompterConfig) -> Dict[str, Any]:
     from ..backends.base import portable_config
 
     skip = _not_identity()
-    return {k: v for k, v in sorted(portable_config(config).to_dict().items()) if k not in skip}
+    return {k: v for k, v in sorted(portable_config(config).to_dict().items())
+            if k not in skip and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
 def config_hash(config: PrompterConfig, length: int = 8) -> str:
@@ -99,11 +100,12 @@ def config_hash(config: PrompterConfig, length: int = 8) -> str:
 def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> str:
     """Deterministic, readable config name for a parameter set; two parameter sets never share one.
 
-    ``{backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{own}][-h{hash}][-first{n}]``.
+    ``{backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{prompt}][-{own}][-h{hash}][-first{n}]``.
     ``model`` is the backend's ``model_name_part`` (by default the slug of the id;
     local weights by their folder name; clip's ``hf-hub:org/name`` as ``org-name``).
     ``pretrained`` appears unless it is the backend's default for its default model
-    or the model id names the weights (``random`` for random weights); ``geometry``
+    or the model id names the weights (``random`` for random weights); ``prompt`` unless it is
+    ``"mask"``; ``geometry``
     unless it is ``"paper"``. ``own`` are the backend's ``name_parts`` (llava:
     ``t{max_new_tokens}``). ``coe`` is spelled exactly (see :func:`_number`). A
     hash of the full :func:`identity` is appended whenever the readable part does
@@ -151,6 +153,9 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     ]
     if config.geometry != "paper":
         parts.append(config.geometry)
+    if config.prompt != LATER_FIELDS["prompt"]:
+        parts.append(slug(config.prompt))
+        exact &= lossless(config.prompt)
     parts += backend.name_parts(config)
     readable = _READABLE | set(backend.name_fields)
     unspelled = {k: v for k, v in identity(config).items() if k not in readable and v != _FIELD_DEFAULTS[k]}
