@@ -179,7 +179,8 @@ def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112)
     grid_boxes = [backend.grid_box(s.image.size) for s in scenes]
     insides = [cells_inside(grid_shape, gb, s.image.size, s.target.box) for s, gb in zip(scenes, grid_boxes)]
     results: Dict[Tuple[int, str, object], Dict[str, list]] = {
-        (layer, name, kernel): {"hit": [], "mass": [], "control_hit": []} for layer in layers for kernel in KERNEL_SIZES for name in MAPS
+        (layer, name, kernel): {"hit": [], "mass": [], "control_hit": []}
+        for layer in layers for kernel in KERNEL_SIZES for name in MAPS
     }
     for start in range(0, len(scenes), batch_size):
         batch = scenes[start:start + batch_size]
