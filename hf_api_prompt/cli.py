@@ -31,7 +31,6 @@ from typing import Optional, Sequence
 
 from . import bundled
 from .config import PrompterConfig
-from .prompter import ImagePrompter
 from .sharded import RunInterrupted
 
 logger = logging.getLogger("hf_api_prompt")

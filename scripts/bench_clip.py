@@ -14,7 +14,7 @@ distinct MM-Vet-like question per row:
 
 1. Throughput, in masks (or images) per second. "prompter step" is the model
    step of the library: ``backend.encode_questions`` + ``backend.raw_maps`` +
-   ``masks.clip_mask``. "encode_image" is the plain ``model.encode_image`` on
+   the backend's recipe (``masks.clip_mask``). "encode_image" is the plain ``model.encode_image`` on
    the same pixels. Everything runs under ``torch.inference_mode`` after warm-up
    calls; each number is the median over repeats, and the order of the methods
    rotates every repeat so that drift (thermal, other load) hits all of them.
@@ -83,6 +83,7 @@ from PIL import Image
 import hf_api_prompt
 from hf_api_prompt import ImagePrompter, masks
 from hf_api_prompt.inputs import open_image
+from hf_api_prompt.prompts import apply_prompt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference's one home
 from authors_reference import reference_raw_maps  # noqa: E402
@@ -161,8 +162,9 @@ def build_prompter(spec: ModelSpec, device: Optional[str], dtype: Optional[str])
 # ---------------------------------------------------------------- the steps
 def prompter_mask(backend, pixels: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
     """The library's model step: text embedding, raw maps, merged grid mask."""
-    attention, tokens = backend.raw_maps(pixels, backend.encode_questions(questions))
-    return masks.clip_mask(attention, tokens, backend.config.enhance_coe, backend.config.kernel_size)
+    layer = backend.config.layer_index
+    maps = backend.raw_maps(pixels, backend.encode_questions(questions), [layer])[layer]
+    return backend.recipe(maps, backend.config.enhance_coe, backend.config.kernel_size)
 
 
 def plain_encode(backend, pixels: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
@@ -301,7 +303,7 @@ def end_to_end_breakdown(prompter: ImagePrompter, backend, dataset: Dataset, bat
             prompter_mask(backend, batch, questions[span]).cpu().numpy() for batch, span in zip(pixels, spans)
         ])
     blended, blend = _timed(lambda: [
-        masks.masked_images(images[span], grid_mask, [None] * len(grid_mask), config.interpolation, config.grayscale)
+        [p.image for p in apply_prompt(config, images[span], grid_mask, [None] * len(grid_mask))]
         for grid_mask, span in zip(grid_masks, spans)
     ])
     features = Features({config.masked_image_column: ImageFeature(), config.heatmap_column: Array2D(prompter.grid_shape, "float32")})

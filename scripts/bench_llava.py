@@ -137,6 +137,7 @@ def main():
 
     from hf_api_prompt import ImagePrompter, masks
     from hf_api_prompt.backends.llava import ImageAttentionCapture, expand_to_square
+    from hf_api_prompt.prompts import apply_prompt
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     spec = SHAPES[args.shapes]
@@ -206,7 +207,8 @@ def main():
 
         @torch.inference_mode()
         def generate_captured():
-            with TimedCapture(backend.attention, backend.image_positions(fixed["input_ids"])):
+            attention = backend.decoder_layers[backend.config.layer_index].self_attn
+            with TimedCapture(attention, backend.image_positions(fixed["input_ids"])):
                 model.generate(**fixed, **settings)
             sync()
 
@@ -214,7 +216,7 @@ def main():
 
         def mask_and_blend():
             grid = masks.attention_mask(torch.from_numpy(mask_grid), 5.0, 3).numpy()
-            masks.masked_images(images, grid, [None] * batch_size, "LANCZOS", 0)
+            apply_prompt(backend.config, images, grid, [None] * batch_size)
 
         # Warm-up, and a check that both paths produce the same greedy answers.
         plain_answers = [a.strip() for a in baseline()]

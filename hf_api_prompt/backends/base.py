@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Type
 
-import numpy as np
 import torch
 from PIL import Image
 
