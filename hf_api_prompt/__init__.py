@@ -8,5 +8,8 @@ from .backends import available_backends, register_backend
 from .config import PrompterConfig
 from .inputs import RowError
 from .prompter import ImagePrompter
+from .prompts import available_prompts, register_prompt
+from .stages import MapsPrompter, remask, sweep
 
-__all__ = ["ImagePrompter", "PrompterConfig", "RowError", "available_backends", "register_backend", "__version__"]
+__all__ = ["ImagePrompter", "MapsPrompter", "PrompterConfig", "RowError", "available_backends", "available_prompts",
+           "register_backend", "register_prompt", "remask", "sweep", "__version__"]

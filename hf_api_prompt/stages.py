@@ -221,6 +221,8 @@ class MapsPrompter(_BatchFunction):
 def maps_prompter_of(dataset) -> MapsPrompter:
     """The :class:`MapsPrompter` that made a maps dataset (its :data:`MAPS_CONFIG_COLUMN`; the grid from its features)."""
     columns = dataset.column_names
+    if isinstance(columns, dict):  # a DatasetDict: {split: columns}
+        raise TypeError(f"a maps dataset is one split, not a DatasetDict: pick one of {list(columns)}, as dataset[split]")
     if MAPS_CONFIG_COLUMN not in columns:
         raise ValueError(f"not a maps dataset: it has no {MAPS_CONFIG_COLUMN!r} column (columns: {list(columns)})")
     if len(dataset) == 0:
