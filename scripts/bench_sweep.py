@@ -91,7 +91,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from datasets import Dataset, Features, Image, Value, disable_caching, disable_progress_bars
+from datasets import (Dataset, Features, Image, Value, disable_caching, disable_progress_bars, enable_caching,
+                      enable_progress_bars, is_caching_enabled, is_progress_bar_enabled)
+
 from datasets.fingerprint import Hasher
 
 import hf_api_prompt
@@ -381,17 +383,22 @@ def main(argv=None) -> Dict[str, Any]:
     logger.setLevel(logging.INFO)
     once = _Once("No pretrained weights loaded")  # open_clip says so on every random-weights load
     logging.getLogger().addFilter(once)
+    caching, bars = is_caching_enabled(), is_progress_bar_enabled()
+    disable_caching()
+    disable_progress_bars()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("once", message=".*RANDOM weights.*")
             return bench(args)
-    finally:
+    finally:  # called from a test, the process goes on: leave datasets as it was
         logging.getLogger().removeFilter(once)
+        if caching:
+            enable_caching()
+        if bars:
+            enable_progress_bars()
 
 
 def bench(args) -> Dict[str, Any]:
-    disable_caching()
-    disable_progress_bars()
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     base = {"model": args.model, "pretrained": args.pretrained}
     grid = {"layer_index": args.layers, "enhance_coe": args.enhance_coe, "kernel_size": args.kernel_sizes,

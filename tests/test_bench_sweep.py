@@ -21,7 +21,12 @@ NAMES = [f"L{layer} e5 k{kernel} g{gray}" for layer in (2, 3) for kernel in (1, 
 
 
 def test_bench_sweep_tiny(capsys, tmp_path):
+    import datasets
+
+    assert datasets.is_caching_enabled()
     report = bench.main(ARGS + ["--json", str(tmp_path / "sweep.json")])
+    # The bench turns datasets' cache off for its runs only: later tests rely on cache hits.
+    assert datasets.is_caching_enabled()
     lines = capsys.readouterr().out.splitlines()
 
     def line(start):
