@@ -349,3 +349,16 @@ def test_mask_prompt_paper_pipeline():
             [[[reference_blend_pixel(img[y, x, c], w[y, x], 60) for c in range(3)] for x in range(50)] for y in range(30)]
         )
         np.testing.assert_array_equal(np.asarray(out[i]), want)
+
+
+@pytest.mark.parametrize("gray", [0, 1, 37, 60, 100, 127, 128, 200, 254, 255])
+def test_blend_equals_the_reference_arithmetic_on_every_8_bit_pair(gray):
+    """Every (pixel, mask) pair, for the gray values the tests and the paper use: the lookup is exact."""
+    pixel = np.tile(np.arange(256, dtype=np.uint8), (256, 1))  # row m, column p
+    mask = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 256, axis=1)
+    image = Image.fromarray(np.stack([pixel, 255 - pixel, pixel], axis=-1))
+    got = np.asarray(masks.blend(image, Image.fromarray(mask), gray))
+    want = np.array([[reference_blend_pixel(p, m, gray) for p in range(256)] for m in range(256)])
+    np.testing.assert_array_equal(got[:, :, 0], want)
+    np.testing.assert_array_equal(got[:, :, 2], want)
+    np.testing.assert_array_equal(got[:, :, 1], want[:, ::-1])
