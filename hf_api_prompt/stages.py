@@ -248,21 +248,27 @@ def masked_image_from_row(row: Dict[str, Any], config: PrompterConfig):
     A row without maps (passed through) gives its image unmasked, or ``None`` without one.
     This is what :func:`remask` writes, and what lmms-eval's on-the-fly masking shows the model.
     """
-    return _remask_row(row, config)[0]
+    masked, _ = _remask_batch({name: [value] for name, value in row.items()}, config)
+    return masked[0]
 
 
-def _remask_row(row: Dict[str, Any], config: PrompterConfig):
-    """``(masked image, grid mask)`` of a maps row; the grid mask is ``None`` for a row without maps."""
+def _remask_batch(batch: Dict[str, list], config: PrompterConfig) -> Tuple[list, list]:
+    """``(masked images, grid masks)`` of a maps batch: one recipe and one prompt call over its rows with maps.
+
+    A row without maps (passed through) keeps its image unmasked (``None`` without one) and has no grid mask.
+    """
     names = get_backend(config.backend).map_names
-    maps = {name: row[maps_column(name, config.layer_index)] for name in names}
-    image = row[config.image_column]
-    image = None if image is None else open_image(image)
-    if image is None or any(value is None for value in maps.values()):
-        return image, None
-    grid = grid_masks(config, {name: np.asarray(value, dtype=np.float32)[None] for name, value in maps.items()})
-    box = row[BOX_COLUMN]
-    [prompted] = prompts.apply_prompt(config, [image], grid, [None if box is None else tuple(box)])
-    return prompted.image, grid[0]
+    layer = {name: batch[maps_column(name, config.layer_index)] for name in names}
+    images = [None if value is None else open_image(value) for value in batch[config.image_column]]
+    grids: List[Any] = [None] * len(images)
+    good = [i for i, image in enumerate(images) if image is not None and all(layer[n][i] is not None for n in names)]
+    if good:
+        grid = grid_masks(config, {n: np.stack([np.asarray(layer[n][i], dtype=np.float32) for i in good]) for n in names})
+        boxes = [None if batch[BOX_COLUMN][i] is None else tuple(batch[BOX_COLUMN][i]) for i in good]
+        prompted = prompts.apply_prompt(config, [images[i] for i in good], grid, boxes)
+        for slot, i in enumerate(good):
+            images[i], grids[i] = prompted[slot].image, grid[slot]
+    return images, grids
 
 
 class _Remask:
@@ -278,14 +284,8 @@ class _Remask:
         self.config = PrompterConfig.from_json(state["config"])
 
     def __call__(self, batch) -> Dict[str, list]:
-        config = self.config
-        size = len(batch[config.image_column])
-        masked, heatmaps = [], []
-        for i in range(size):
-            image, grid = _remask_row({name: values[i] for name, values in batch.items()}, config)
-            masked.append(image)
-            heatmaps.append(grid)
-        return {config.masked_image_column: masked, config.heatmap_column: heatmaps}
+        masked, heatmaps = _remask_batch(batch, self.config)
+        return {self.config.masked_image_column: masked, self.config.heatmap_column: heatmaps}
 
 
 def check_remask(maps_prompter: MapsPrompter, prompter: ImagePrompter):

@@ -79,7 +79,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
 import logging
 import os
@@ -104,6 +103,7 @@ from hf_api_prompt.inputs import open_image
 from hf_api_prompt.prompter import grid_masks
 from hf_api_prompt.scenes import make_scene
 from hf_api_prompt.stages import BOX_COLUMN, MapsPrompter, maps_column, remask, sweep
+from hf_api_prompt.stages import combinations as parameter_product
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the comparison helpers' one home
 from compare import assert_heatmaps_close, assert_images_close  # noqa: E402
@@ -403,7 +403,7 @@ def bench(args) -> Dict[str, Any]:
     base = {"model": args.model, "pretrained": args.pretrained}
     grid = {"layer_index": args.layers, "enhance_coe": args.enhance_coe, "kernel_size": args.kernel_sizes,
             "grayscale": args.grayscale}
-    combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    combinations = parameter_product(grid)
     deepest = max(args.layers)
 
     logger.info("data: %d scenes of %d px", args.rows, args.size)
