@@ -20,7 +20,11 @@ from ._version import __version__
 GEOMETRIES = ("paper", "aligned")
 #: Fields added after the first release, with their defaults: at the default they are not part of a
 #: variant's identity, so the variants published before them keep their names.
-LATER_FIELDS = {"prompt": "mask"}
+LATER_FIELDS = {"prompt": "mask", "image_format": "png", "jpeg_quality": None}
+#: How a masked image is stored (:mod:`hf_api_prompt.encoding`): lossless PNG, JPEG, or the source's kind of format.
+IMAGE_FORMATS = ("png", "jpeg", "source")
+#: The authors' setting: their code saves every masked image with PIL's default JPEG quality.
+DEFAULT_JPEG_QUALITY = 75
 ERROR_POLICIES = ("raise", "passthrough")
 _DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -77,6 +81,11 @@ class PrompterConfig:
             did; ``"aligned"`` maps each cell back onto the pixels the model saw.
         prompt: the visual prompt style (:func:`hf_api_prompt.prompts.available_prompts`):
             ``"mask"``, the paper's soft mask.
+        image_format: how the masked image is stored (:mod:`hf_api_prompt.encoding`): ``"png"``
+            (lossless, zlib's fast level), ``"jpeg"`` (lossy, ``jpeg_quality``) or ``"source"``
+            (JPEG at ``jpeg_quality`` where the source image is a JPEG, PNG otherwise).
+        jpeg_quality: 1-100, for ``"jpeg"`` and ``"source"`` (default 75, the authors' setting);
+            ``None`` with ``"png"``.
         image_column, question_column: input columns.
         masked_image_column, heatmap_column: output columns.
         on_error: ``"raise"`` (a bad row stops the map with an error naming it) or
@@ -109,6 +118,8 @@ class PrompterConfig:
     grayscale: int = 0
     geometry: str = "paper"
     prompt: str = "mask"
+    image_format: str = "source"
+    jpeg_quality: Optional[int] = None
     image_column: str = "image"
     question_column: str = "question"
     masked_image_column: str = "masked_image"
@@ -138,6 +149,15 @@ class PrompterConfig:
             raise ValueError(f"grayscale must be an int in [0, 255], got {self.grayscale!r}")
         if self.geometry not in GEOMETRIES:
             raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
+        if self.image_format == "png":
+            if self.jpeg_quality is not None:
+                raise ValueError(f"jpeg_quality={self.jpeg_quality!r} has no meaning with image_format='png' (lossless); leave it None")
+        elif self.jpeg_quality is None:
+            set_("jpeg_quality", DEFAULT_JPEG_QUALITY)
+        elif not _is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be an int in [1, 100], got {self.jpeg_quality!r}")
         if self.on_error not in ERROR_POLICIES:
             raise ValueError(f"on_error must be one of {ERROR_POLICIES}, got {self.on_error!r}")
         # An output named like an input would overwrite it (answer_column="question"
@@ -175,11 +195,16 @@ class PrompterConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PrompterConfig":
+        """The config of a dictionary from :meth:`to_dict`, of this version or an earlier one.
+
+        A field added later (:data:`LATER_FIELDS`) that ``data`` lacks takes the value every
+        earlier version had, e.g. ``image_format="png"``, not today's default.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown PrompterConfig keys: {unknown}")
-        return cls(**data)
+        return cls(**{**LATER_FIELDS, **data})
 
     @classmethod
     def from_json(cls, text: str) -> "PrompterConfig":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -19,7 +19,12 @@ class RowError(ValueError):
 
 
 def open_image(value: Any) -> Image.Image:
-    """Decode a dataset image value into an RGB PIL image.
+    """Decode a dataset image value into an RGB PIL image (:func:`decode_image` without the format)."""
+    return decode_image(value)[0]
+
+
+def decode_image(value: Any) -> Tuple[Image.Image, Optional[str]]:
+    """Decode a dataset image value into an RGB PIL image, and say the source's format.
 
     Accepts what ``datasets`` hands over: a PIL image (``Image()`` feature), a
     ``{"bytes", "path"}`` dict (``Image(decode=False)``) or a file path. EXIF
@@ -27,6 +32,10 @@ def open_image(value: Any) -> Image.Image:
     image is upright like the original. Modes become RGB as the model's own
     transform does (``convert("RGB")``); deeper gray is scaled to 8 bits first
     by its real range (:func:`to_rgb`).
+
+    Returns:
+        ``(image, format)``: the format is Pillow's name of the source's (``"JPEG"``,
+        ``"PNG"``, ...), ``None`` for a PIL image made in memory.
 
     Raises:
         ValueError: with a short reason (the caller adds the row).
@@ -47,6 +56,7 @@ def open_image(value: Any) -> Image.Image:
     try:
         image = value if source is None else Image.open(source)
         image.load()
+        kind = image.format
         if image.getexif().get(Image.ExifTags.Base.Orientation, 1) != 1:  # transposing copies: only when needed
             image = ImageOps.exif_transpose(image)
     except Image.UnidentifiedImageError:  # its message names a BytesIO object's address: no use in a status
@@ -55,7 +65,7 @@ def open_image(value: Any) -> Image.Image:
         raise ValueError(f"image could not be decoded ({type(error).__name__}: {error})") from None
     if image.width < 1 or image.height < 1:
         raise ValueError(f"image has no pixels ({image.width}x{image.height})")
-    return to_rgb(image)
+    return to_rgb(image), kind
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

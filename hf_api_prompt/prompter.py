@@ -11,11 +11,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import masks, prompts
+from . import encoding, masks, parallel, prompts
 from .backends import get_backend
 from .backends.base import Backend, pick_device
 from .config import PrompterConfig
-from .inputs import RowError, check_question, open_image
+from .inputs import RowError, check_question, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ class _Rows:
     """A batch's rows, decoded: the images and questions of the good rows, and why the others are bad."""
 
     images: List[Any]
+    formats: List[Optional[str]]  # each source's format (``Image.format``), for ``image_format="source"``
     questions: List[Optional[str]]
     status: List[str]
     undecodable: List[int]  # Image-feature values ({"bytes", "path"}) that cannot be decoded
@@ -42,14 +43,25 @@ class _BatchFunction:
     """
 
     config: PrompterConfig
+    #: Threads for the image work of a batch (:mod:`hf_api_prompt.parallel`); ``None``: the cores / processes.
+    num_threads: Optional[int] = None
 
     # Pickle (and so the datasets fingerprint) = the state's JSON; never the weights.
     def __getstate__(self) -> Dict[str, Any]:
-        return {"config": self.config.to_json()}
+        state = {"config": self.config.to_json()}
+        if self.num_threads is not None:
+            state["num_threads"] = self.num_threads
+        return state
 
     def __setstate__(self, state: Dict[str, Any]):
         self.config = PrompterConfig.from_json(state["config"])
+        self.num_threads = state.get("num_threads")
         self._backend = None
+
+    @property
+    def threads(self) -> int:
+        """The image pool's size in this process: ``num_threads``, or :func:`~hf_api_prompt.parallel.default_threads`."""
+        return self.num_threads or parallel.default_threads()
 
     @property
     def grid_shape(self) -> Tuple[int, int]:
@@ -64,6 +76,7 @@ class _BatchFunction:
             _one_thread_in_forked_worker()
             device = pick_device(self.config.device, rank)
             self._backend = get_backend(self.config.backend)(self.config, device)
+        self._backend.threads = self.threads
         return self._backend
 
     def output_features(self) -> Dict[str, Any]:
@@ -92,7 +105,8 @@ class _BatchFunction:
                 known features; either has the image and question columns.
             batch_size: rows per model call.
             **map_kwargs: forwarded to ``map`` (``Dataset.map``: ``num_proc``, ``desc``, ...;
-                ``IterableDataset.map`` takes neither).
+                ``IterableDataset.map`` takes neither). With ``num_proc``, each worker's image
+                pool gets its share of the cores (unless ``num_threads`` is set).
 
         Returns:
             A ``Dataset``, or for an ``IterableDataset`` an ``IterableDataset`` that
@@ -123,9 +137,10 @@ class _BatchFunction:
         map_kwargs.setdefault("desc", self._description())
         if map_kwargs.get("num_proc"):
             map_kwargs.setdefault("with_rank", True)
-        return source.map(
-            self, batched=True, batch_size=batch_size, with_indices=True, features=features, **map_kwargs
-        )
+        with parallel.workers(map_kwargs.get("num_proc")):
+            return source.map(
+                self, batched=True, batch_size=batch_size, with_indices=True, features=features, **map_kwargs
+            )
 
     def _description(self) -> str:
         return f"API masks ({self.config.backend})"
@@ -163,7 +178,7 @@ class _BatchFunction:
         raw_images = batch[config.image_column]
         size = len(raw_images)
         labels = list(indices) if indices is not None else [f"{i} of this batch" for i in range(size)]
-        rows = _read_rows(raw_images, batch[config.question_column], labels, config)
+        rows = _read_rows(raw_images, batch[config.question_column], labels, config, self.threads)
         columns: Dict[str, list] = {name: [None] * size for name in self.output_features()}
         if config.on_error == "passthrough":
             columns[config.status_column] = rows.status
@@ -191,11 +206,16 @@ class ImagePrompter(_BatchFunction):
 
     Args:
         backend: ``"clip"``; see :func:`hf_api_prompt.backends.available_backends`.
+        num_threads: threads for each batch's image work (decoding, preprocessing,
+            resizing, blending, encoding); ``None``: the cores this process may use,
+            shared with the other processes of the run (:mod:`hf_api_prompt.parallel`).
+            It never changes an output, so it is not part of the config.
         **params: any :class:`PrompterConfig` field. ``model``, ``pretrained`` and
             ``layer_index`` default to the paper's choice for the backend
             (``pretrained`` only when ``model`` is left at its default too).
             ``kernel_size="auto"`` scales the paper's 3 on a 24 x 24 grid to this
             backend's grid (:func:`hf_api_prompt.masks.auto_kernel_size`).
+            ``image_format`` says how the masked images are stored (:mod:`hf_api_prompt.encoding`).
 
     Calling it with a batch (``prompter(batch)``, ``prompter(batch, rank)``,
     ``prompter(batch, indices)`` or ``prompter(batch, indices, rank)``) returns
@@ -215,7 +235,9 @@ class ImagePrompter(_BatchFunction):
         (Array2D(shape=(14, 14), dtype='float32'), (64, 48))
     """
 
-    def __init__(self, backend: str = "clip", **params: Any):
+    def __init__(self, backend: str = "clip", *, num_threads: Optional[int] = None, **params: Any):
+        if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
+            raise ValueError(f"num_threads must be an int >= 1 or None, got {num_threads!r}")
         backend_cls = get_backend(backend)
         defaults = dict(backend_cls.defaults)
         if "model" in params:  # the default weights tag belongs to the default model only
@@ -227,7 +249,7 @@ class ImagePrompter(_BatchFunction):
         prompts.check_prompt(config.prompt)
         if config.kernel_size == "auto":
             config = config.replace(kernel_size=masks.auto_kernel_size(backend_cls.grid_shape(config)))
-        self.config = config
+        self.config, self.num_threads = config, num_threads
         self._backend: Optional[Backend] = None
 
     @classmethod
@@ -277,20 +299,21 @@ class ImagePrompter(_BatchFunction):
         raw = self.backend(rank).maps(images, questions, [config.layer_index])
         self._check_extra(raw.extra_columns)
         grid = grid_masks(config, raw.layers[config.layer_index])
-        return PromptedBatch(grid, prompts.apply_prompt(config, images, grid, raw.boxes), raw.extra_columns)
+        prompted = prompts.apply_prompt(config, images, grid, raw.boxes, threads=self.threads)
+        return PromptedBatch(grid, prompted, raw.extra_columns)
 
     def _fill(self, rows: _Rows, columns: Dict[str, list], rank: Optional[int]):
         config = self.config
-        columns[config.masked_image_column] = list(rows.images)  # bad rows pass through unmasked
+        out = list(rows.images)  # bad rows pass through unmasked
         good = rows.good
-        if not good:
-            return
-        batch = self.prompt([rows.images[i] for i in good], [rows.questions[i] for i in good], rank)
-        for slot, i in enumerate(good):
-            columns[config.masked_image_column][i] = batch.prompted[slot].image
-            columns[config.heatmap_column][i] = batch.grid_masks[slot]
-            for name, values in batch.extra_columns.items():
-                columns[name][i] = values[slot]
+        if good:
+            batch = self.prompt([rows.images[i] for i in good], [rows.questions[i] for i in good], rank)
+            for slot, i in enumerate(good):
+                out[i] = batch.prompted[slot].image
+                columns[config.heatmap_column][i] = batch.grid_masks[slot]
+                for name, values in batch.extra_columns.items():
+                    columns[name][i] = values[slot]
+        columns[config.masked_image_column] = encode_images(config, out, rows.formats, self.threads)
 
 
 @dataclasses.dataclass
@@ -315,20 +338,42 @@ def grid_masks(config: PrompterConfig, layer_maps: Dict[str, Any]) -> np.ndarray
     return recipe(tensors, config.enhance_coe, config.kernel_size).cpu().numpy().astype(np.float32, copy=False)
 
 
-def _read_rows(raw_images: Sequence[Any], raw_questions: Sequence[Any], labels: Sequence[Any], config: PrompterConfig) -> _Rows:
+def encode_images(config: PrompterConfig, images: Sequence[Any], formats: Sequence[Optional[str]], threads: int) -> list:
+    """Each image (``None`` stays ``None``) encoded as ``config.image_format`` says, on ``threads`` threads."""
+    def one(pair):
+        image, source_format = pair
+        return None if image is None else encoding.encode(image, config, source_format)
+
+    return parallel.thread_map(one, list(zip(images, formats)), threads)
+
+
+def _read_one(pair) -> Tuple[Any, Optional[str], Optional[str], Optional[str]]:
+    """``(image, format, question, problem)`` of one row; what could be read is kept beside the problem."""
+    raw_image, raw_question = pair
+    image = source_format = None
+    try:
+        image, source_format = decode_image(raw_image)
+        return image, source_format, check_question(raw_question), None
+    except ValueError as error:
+        return image, source_format, None, str(error)
+
+
+def _read_rows(raw_images: Sequence[Any], raw_questions: Sequence[Any], labels: Sequence[Any], config: PrompterConfig,
+               threads: int = 1) -> _Rows:
+    """Decode a batch's rows on ``threads`` threads; with ``on_error="raise"`` the first bad row (in order) raises."""
     size = len(raw_images)
-    rows = _Rows(images=[None] * size, questions=[None] * size, status=["ok"] * size, undecodable=[])
-    for i in range(size):
-        try:
-            rows.images[i] = open_image(raw_images[i])
-            rows.questions[i] = check_question(raw_questions[i])
-        except ValueError as error:
-            if config.on_error == "raise":
-                raise RowError(labels[i], str(error)) from None
-            rows.status[i] = str(error)
-            if rows.images[i] is None and isinstance(raw_images[i], dict):
-                rows.undecodable.append(i)
-            logger.warning("row %s passed through unmasked: %s", labels[i], error)
+    read = parallel.thread_map(_read_one, list(zip(raw_images, raw_questions)), threads)
+    rows = _Rows(images=[r[0] for r in read], formats=[r[1] for r in read], questions=[r[2] for r in read],
+                 status=["ok"] * size, undecodable=[])
+    for i, (image, _, _, problem) in enumerate(read):
+        if problem is None:
+            continue
+        if config.on_error == "raise":
+            raise RowError(labels[i], problem)
+        rows.status[i] = problem
+        if image is None and isinstance(raw_images[i], dict):
+            rows.undecodable.append(i)
+        logger.warning("row %s passed through unmasked: %s", labels[i], problem)
     return rows
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from . import masks
+from . import masks, parallel
 from .config import GEOMETRIES, PrompterConfig
 
 Box = masks.Box
@@ -86,11 +86,13 @@ def apply_prompt(
     images: Sequence[Image.Image],
     grid_masks: np.ndarray,
     boxes: Sequence[Optional[Box]],
+    threads: int = 1,
 ) -> List[Prompted]:
     """Prompt each image with its grid mask ``[B, gh, gw]`` in [0, 1], in the style ``config.prompt``.
 
     Args:
         boxes: the backend's grid box of each image; used only with ``geometry="aligned"``.
+        threads: the images are prompted on this many threads (:func:`hf_api_prompt.parallel.thread_map`).
 
     Raises:
         ValueError: ``geometry="aligned"`` for an image whose box is unknown.
@@ -101,4 +103,4 @@ def apply_prompt(
     use = boxes if config.geometry == "aligned" else [None] * len(images)
     grid_u8 = masks.mask_to_uint8(grid_masks)
     style = _STYLES[config.prompt]
-    return [style(image, grid, box, config) for image, grid, box in zip(images, grid_u8, use)]
+    return parallel.thread_map(lambda args: style(*args, config), list(zip(images, grid_u8, use)), threads)

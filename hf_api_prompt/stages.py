@@ -31,11 +31,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import prompts
+from . import encoding, parallel, prompts
 from .backends import get_backend
 from .config import PrompterConfig
-from .inputs import open_image
-from .prompter import ImagePrompter, _BatchFunction, _Rows, grid_masks
+from .inputs import decode_image
+from .prompter import ImagePrompter, _BatchFunction, _Rows, encode_images, grid_masks
 
 #: The JSON of the maps' base config and layers, the same on every row (so any copy of a row can be remasked).
 MAPS_CONFIG_COLUMN = "api_maps_config"
@@ -43,7 +43,7 @@ MAPS_CONFIG_COLUMN = "api_maps_config"
 BOX_COLUMN = "api_grid_box"
 #: Config fields a maps dataset leaves open: which of its layers, the recipe, the prompt and the output columns.
 OPEN_FIELDS = ("layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale", "geometry", "prompt",
-               "masked_image_column", "heatmap_column")
+               "image_format", "jpeg_quality", "masked_image_column", "heatmap_column")
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PrompterConfig)}
 
 
@@ -246,29 +246,32 @@ def masked_image_from_row(row: Dict[str, Any], config: PrompterConfig):
 
     ``config`` is one of the variants the maps serve (:meth:`MapsPrompter.prompter`).
     A row without maps (passed through) gives its image unmasked, or ``None`` without one.
-    This is what :func:`remask` writes, and what lmms-eval's on-the-fly masking shows the model.
+    This is what :func:`remask` writes (decoded as stored: a lossy ``image_format`` shows its
+    losses), and what lmms-eval's on-the-fly masking shows the model.
     """
-    masked, _ = _remask_batch({name: [value] for name, value in row.items()}, config)
-    return masked[0]
+    masked, _, formats = _remask_batch({name: [value] for name, value in row.items()}, config, threads=1)
+    return None if masked[0] is None else encoding.as_stored(masked[0], config, formats[0])
 
 
-def _remask_batch(batch: Dict[str, list], config: PrompterConfig) -> Tuple[list, list]:
-    """``(masked images, grid masks)`` of a maps batch: one recipe and one prompt call over its rows with maps.
+def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int) -> Tuple[list, list, list]:
+    """``(prompted images, grid masks, source formats)`` of a maps batch: one recipe and one prompt call over its rows with maps.
 
     A row without maps (passed through) keeps its image unmasked (``None`` without one) and has no grid mask.
     """
     names = get_backend(config.backend).map_names
     layer = {name: batch[maps_column(name, config.layer_index)] for name in names}
-    images = [None if value is None else open_image(value) for value in batch[config.image_column]]
+    decoded = parallel.thread_map(lambda value: (None, None) if value is None else decode_image(value),
+                                  batch[config.image_column], threads)
+    images, formats = [d[0] for d in decoded], [d[1] for d in decoded]
     grids: List[Any] = [None] * len(images)
     good = [i for i, image in enumerate(images) if image is not None and all(layer[n][i] is not None for n in names)]
     if good:
         grid = grid_masks(config, {n: np.stack([np.asarray(layer[n][i], dtype=np.float32) for i in good]) for n in names})
         boxes = [None if batch[BOX_COLUMN][i] is None else tuple(batch[BOX_COLUMN][i]) for i in good]
-        prompted = prompts.apply_prompt(config, [images[i] for i in good], grid, boxes)
+        prompted = prompts.apply_prompt(config, [images[i] for i in good], grid, boxes, threads=threads)
         for slot, i in enumerate(good):
             images[i], grids[i] = prompted[slot].image, grid[slot]
-    return images, grids
+    return images, grids, formats
 
 
 class _Remask:
@@ -284,8 +287,10 @@ class _Remask:
         self.config = PrompterConfig.from_json(state["config"])
 
     def __call__(self, batch) -> Dict[str, list]:
-        masked, heatmaps = _remask_batch(batch, self.config)
-        return {self.config.masked_image_column: masked, self.config.heatmap_column: heatmaps}
+        threads = parallel.default_threads()
+        masked, heatmaps, formats = _remask_batch(batch, self.config, threads)
+        return {self.config.masked_image_column: encode_images(self.config, masked, formats, threads),
+                self.config.heatmap_column: heatmaps}
 
 
 def check_remask(maps_prompter: MapsPrompter, prompter: ImagePrompter):
@@ -329,10 +334,11 @@ def remask(maps_dataset, prompter: ImagePrompter, *, batch_size: int = 8, maps_p
     features.update(outputs)
 
     map_kwargs.setdefault("desc", f"API remask ({config.backend}, layer {config.layer_index})")
-    remasked = source.map(
-        _Remask(config), batched=True, batch_size=batch_size,
-        remove_columns=extra, features=Features(features), **map_kwargs,
-    )
+    with parallel.workers(map_kwargs.get("num_proc")):
+        remasked = source.map(
+            _Remask(config), batched=True, batch_size=batch_size,
+            remove_columns=extra, features=Features(features), **map_kwargs,
+        )
     return remasked.select_columns(source_columns + list(outputs))
 
 

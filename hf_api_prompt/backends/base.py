@@ -137,6 +137,9 @@ class Backend:
     #: the raw maps the maps stage returns per layer, in order (the keys :meth:`recipe` reads).
     map_names: ClassVar[Tuple[str, ...]]
 
+    #: Threads for per-image work before the model (preprocessing); the prompter sets its pool size.
+    threads: int = 1
+
     def __init__(self, config: PrompterConfig, device: torch.device):
         self.config = config
         self.device = device

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .. import masks
+from .. import masks, parallel
 from ..config import PrompterConfig
 from .base import LOCAL_DIR, Backend, RawMaps, local_name, register_backend, sha256_file, slug
 
@@ -249,7 +249,11 @@ class ClipBackend(Backend):
 
     # ----------------------------------------------------------------- image
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.preprocess(image) for image in images]).to(self.device, self.dtype)
+        """The model's input ``[B, 3, S, S]``: open_clip's own transform of each image, on :attr:`threads` threads.
+
+        The transform resizes the 8-bit image first, so the float copy is the model's size, never the image's.
+        """
+        return torch.stack(parallel.thread_map(self.preprocess, images, self.threads)).to(self.device, self.dtype)
 
     def raw_maps(self, pixels: torch.Tensor, text: torch.Tensor, layers: Sequence[int]) -> Dict[int, Dict[str, torch.Tensor]]:
         """``{block: {"attention": A, "tokens": T}}``, maps ``[B, gh, gw]`` (float32) of docs/method.md steps 3-5.

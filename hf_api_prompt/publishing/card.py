@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from .._version import __version__
+from ..encoding import describe as describe_format
 from .lmms_export import judge_note
 from .variants import VARIANTS_FILE, VariantIndex, VariantRecord, random_weights
 
@@ -91,6 +92,7 @@ def _row(record: VariantRecord) -> dict:
         "interpolation": prompter.get("interpolation"),
         "grayscale": prompter.get("grayscale"),
         "geometry": prompter.get("geometry"),
+        "images": describe_format(config),
         "other": ", ".join(other) or "-",
         "split": record.split,
         "num_rows": record.num_rows,
@@ -107,7 +109,7 @@ def _row(record: VariantRecord) -> dict:
     }
     if record.maps:  # a maps dataset: its layers; the recipe and prompt are chosen when remasking
         row.update(layer_index=", ".join(map(str, record.maps["layers"])), enhance_coe="open", kernel_size="open",
-                   interpolation="open", grayscale="open", geometry="open", other=", ".join(["raw maps"] + other))
+                   interpolation="open", grayscale="open", geometry="open", images="open", other=", ".join(["raw maps"] + other))
     return row
 
 

@@ -34,7 +34,7 @@ PREVIEW_DIR = "previews"
 #: Config fields that ``variant_name`` spells out for every backend (a backend adds its ``Backend.name_fields``);
 #: any other identity field that differs from its default adds the hash.
 _READABLE = {"backend", "model", "pretrained", "layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale",
-             "geometry", "prompt"}
+             "geometry", "prompt", "image_format", "jpeg_quality"}
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PrompterConfig)}
 
 
@@ -100,13 +100,15 @@ def config_hash(config: PrompterConfig, length: int = 8) -> str:
 def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> str:
     """Deterministic, readable config name for a parameter set; two parameter sets never share one.
 
-    ``{backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{prompt}][-{own}][-h{hash}][-first{n}]``.
+    ``{backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{prompt}][-{format}][-{own}][-h{hash}][-first{n}]``.
     ``model`` is the backend's ``model_name_part`` (by default the slug of the id;
     local weights by their folder name; clip's ``hf-hub:org/name`` as ``org-name``).
     ``pretrained`` appears unless it is the backend's default for its default model
     or the model id names the weights (``random`` for random weights); ``prompt`` unless it is
     ``"mask"``; ``geometry``
-    unless it is ``"paper"``. ``own`` are the backend's ``name_parts`` (llava:
+    unless it is ``"paper"``; ``format`` unless it is ``"png"`` (the stored images: ``jpeg75``,
+    ``source75``, i.e. the ``image_format`` and its ``jpeg_quality``; PNG, lossless, is what every
+    version stored before the choice existed). ``own`` are the backend's ``name_parts`` (llava:
     ``t{max_new_tokens}``). ``coe`` is spelled exactly (see :func:`_number`). A
     hash of the full :func:`identity` is appended whenever the readable part does
     not spell out every identity field exactly: local model folders or weight files
@@ -156,6 +158,8 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     if config.prompt != LATER_FIELDS["prompt"]:
         parts.append(slug(config.prompt))
         exact &= lossless(config.prompt)
+    if config.image_format != LATER_FIELDS["image_format"]:
+        parts.append(f"{config.image_format}{config.jpeg_quality}")
     parts += backend.name_parts(config)
     readable = _READABLE | set(backend.name_fields)
     unspelled = {k: v for k, v in identity(config).items() if k not in readable and v != _FIELD_DEFAULTS[k]}
@@ -169,7 +173,7 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
 def maps_variant_name(maps_prompter, first_rows: Optional[int] = None) -> str:
     """The config name of a maps dataset: the variant name with ``-maps-l{a}-{b}-...`` for its recipe and prompt.
 
-    The layers are spelled, the recipe and prompt are left open (they are chosen when remasking).
+    The layers are spelled, the recipe, prompt and image format are left open (they are chosen when remasking).
 
     Example:
         >>> from hf_api_prompt.stages import MapsPrompter
@@ -177,7 +181,7 @@ def maps_variant_name(maps_prompter, first_rows: Optional[int] = None) -> str:
         >>> maps_variant_name(MapsPrompter(paper, [20, 21, 22]))
         'clip-vit-l-14-336-maps-l20-21-22'
     """
-    config = maps_prompter.config
+    config = maps_prompter.config.replace(image_format=LATER_FIELDS["image_format"], jpeg_quality=None)  # left open
     layers = maps_prompter.layers
     # The base config's open fields are at their defaults, which variant_name spells as this part:
     open_part = f"-l{config.layer_index}-e{_number(config.enhance_coe)}-k{config.kernel_size}-{config.interpolation.lower()}-g{config.grayscale}"

@@ -1,0 +1,87 @@
+"""The image work of a batch on a pool of threads, sized so that processes and threads never oversubscribe the cores.
+
+Decoding, resizing, blending and encoding spend their time in Pillow and numpy
+code that releases the GIL, so threads scale with the cores. The pool size
+defaults to ``$HF_API_PROMPT_THREADS`` when set, else to the cores this process
+may run on (its CPU affinity) divided by the processes sharing them: ``datasets`` ``num_proc`` workers (:func:`workers`, set by
+``ImagePrompter.map``) times the processes of one machine under accelerate or
+torchrun (``LOCAL_WORLD_SIZE``). The model step runs between the pool's phases, not
+beside them, so torch's threads and the pool's never compete.
+
+Example:
+    >>> thread_map(lambda x: x * x, [1, 2, 3], threads=2)
+    [1, 4, 9]
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Set (by :func:`workers`) in the environment that ``datasets`` worker processes inherit.
+WORKERS_ENV = "HF_API_PROMPT_WORKERS"
+#: Threads per process, when set (``hf-api-prompt --num-threads``): wins over the share of the cores.
+THREADS_ENV = "HF_API_PROMPT_THREADS"
+_POOLS: Dict[Tuple[int, int], concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _count(name: str) -> int:
+    try:
+        return max(1, int(os.environ.get(name, "1")))
+    except ValueError:
+        return 1
+
+
+def default_threads() -> int:
+    """The pool size when none is given: ``$HF_API_PROMPT_THREADS``, else ``available_cores() // processes`` (at least 1)."""
+    if os.environ.get(THREADS_ENV):
+        return _count(THREADS_ENV)
+    return max(1, available_cores() // (_count(WORKERS_ENV) * _count("LOCAL_WORLD_SIZE")))
+
+
+@contextlib.contextmanager
+def workers(count: Optional[int]) -> Iterator[None]:
+    """Within the block, processes started here count ``count`` per machine (``datasets`` ``num_proc``)."""
+    if not count or count <= 1:
+        yield
+        return
+    before = os.environ.get(WORKERS_ENV)
+    os.environ[WORKERS_ENV] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(WORKERS_ENV, None)
+        else:
+            os.environ[WORKERS_ENV] = before
+
+
+def thread_map(function: Callable[[T], R], items: Sequence[T], threads: Optional[int] = None) -> List[R]:
+    """``[function(x) for x in items]`` on ``threads`` threads (default :func:`default_threads`), in order.
+
+    The first exception, in the items' order, is raised once every item is done. A pool
+    belongs to the process that made it (a forked child makes its own).
+    """
+    threads = default_threads() if threads is None else threads
+    if threads <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    key = (os.getpid(), threads)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="hf_api_prompt")
+    futures = [pool.submit(function, item) for item in items]
+    concurrent.futures.wait(futures)
+    return [future.result() for future in futures]
