@@ -29,7 +29,7 @@ import sys
 import typing
 from typing import Optional, Sequence
 
-from . import bundled
+from . import bundled, parallel
 from .config import PrompterConfig
 from .sharded import RunInterrupted
 
@@ -253,6 +253,11 @@ def upload(args: argparse.Namespace) -> dict:
     return upload_folder(args.dataset_dir, args.repo_id, private=args.private or None)
 
 
+def _add_threads_flag(group):
+    group.add_argument("--num-threads", type=int, help="threads per process for decoding, masking and encoding images "
+                       "(default: the cores this process may use, shared among --num-proc or accelerate processes)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .publishing import available_benchmarks
 
@@ -273,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     options = run_parser.add_argument_group("run options")
     options.add_argument("--batch-size", type=int, default=8)
     options.add_argument("--num-proc", type=int, help="datasets.map processes (one model per process); or use accelerate launch")
+    _add_threads_flag(options)
     options.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk (default 256)")
     options.add_argument("--work-dir", help="where chunks are kept for resuming (default: <output-dir>/.api_chunks, or the datasets cache)")
     options.add_argument("--limit", type=int, help="process only the first N rows")
@@ -295,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     remask_where.add_argument("--push-to-hub", metavar="REPO_ID", help="publish the variants as configs of this Hub dataset repo")
     remask_parser.add_argument("--private", action="store_true", help="create the Hub repo as private (if it is created)")
     remask_parser.add_argument("--batch-size", type=int, default=8)
+    _add_threads_flag(remask_parser)
     remask_parser.add_argument("--preview-rows", type=int, default=4, help="rows in the before/heatmap/after picture")
     remask_parser.add_argument("--keep-original-image", action="store_true", help="also keep the unmasked image")
     _add_prompter_flags(remask_parser, OPEN_FIELDS, "recipe and prompt (default: the paper's; --layer-index: every layer "
@@ -334,8 +341,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.setLevel(logging.INFO)
     parser = build_parser()
     args = parser.parse_args(argv)
+    threads = getattr(args, "num_threads", None)
+    if threads is not None and threads < 1:
+        parser.exit(2, f"hf-api-prompt: error: --num-threads must be >= 1, got {threads}\n")
     try:
-        with _step(args.command):
+        with _step(args.command), parallel.threads_per_process(threads):
             summary = args.handler(args)
     except (PublishError, ValueError, KeyError, StepFailed) as error:  # the messages say what to do; a traceback would not
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -52,21 +52,31 @@ def default_threads() -> int:
     return max(1, available_cores() // (_count(WORKERS_ENV) * _count("LOCAL_WORLD_SIZE")))
 
 
+def workers(count: Optional[int]):
+    """Context manager: processes started within it count ``count`` per machine (``datasets`` ``num_proc``)."""
+    return _environment(WORKERS_ENV, count if count and count > 1 else None)
+
+
+def threads_per_process(count: Optional[int]):
+    """Context manager: every pool of this process and of those started within it has ``count`` threads."""
+    return _environment(THREADS_ENV, count)
+
+
 @contextlib.contextmanager
-def workers(count: Optional[int]) -> Iterator[None]:
-    """Within the block, processes started here count ``count`` per machine (``datasets`` ``num_proc``)."""
-    if not count or count <= 1:
+def _environment(name: str, value: Optional[int]) -> Iterator[None]:
+    """``$name = value`` within the block (inherited by the processes started there), restored after."""
+    if value is None:
         yield
         return
-    before = os.environ.get(WORKERS_ENV)
-    os.environ[WORKERS_ENV] = str(count)
+    before = os.environ.get(name)
+    os.environ[name] = str(value)
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop(WORKERS_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[WORKERS_ENV] = before
+            os.environ[name] = before
 
 
 def thread_map(function: Callable[[T], R], items: Sequence[T], threads: Optional[int] = None) -> List[R]:

@@ -39,11 +39,9 @@ distinct MM-Vet-like question per row:
    final [CLS] statistics), proj and the embedding norm, as the golden
    fixtures' README describes, then merged by ``masks.clip_mask``. The run
    checks that its mask equals the prompter's (max abs diff printed).
-4. End to end: ``prompter.map(ds, batch_size=...)`` on a ``datasets.Dataset``
-   of JPEG-encoded 1024x768 / 768x1024 images (decode, preprocess, model,
-   mask resize + blend, PNG + Arrow writing), in rows/s, against the model step
-   alone at the same batch size; plus a breakdown of where the time goes, each
-   stage timed separately on the same images.
+
+End to end (``prompter.map``: decoding, the image pool, encoding, Arrow) against
+this model step is ``scripts/bench_pipeline.py``'s part.
 
 The result is one table per model and a summary of the ratios with their
 targets; ``--json PATH`` saves every number. Timings need an otherwise idle
@@ -76,14 +74,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Array2D, Dataset, Features, Value, disable_progress_bars
-from datasets import Image as ImageFeature
+from datasets import disable_progress_bars
 from PIL import Image
 
 import hf_api_prompt
 from hf_api_prompt import ImagePrompter, masks
 from hf_api_prompt.inputs import open_image
-from hf_api_prompt.prompts import apply_prompt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference's one home
 from authors_reference import reference_raw_maps  # noqa: E402
@@ -279,40 +275,10 @@ def questions_for(rows: int) -> List[str]:
     return [QUESTIONS[i % len(QUESTIONS)] for i in range(rows)]
 
 
-def make_dataset(jpegs: List[bytes], questions: List[str]) -> Dataset:
-    features = Features({"image": ImageFeature(), "question": Value("string")})
-    return Dataset.from_dict({"image": [{"bytes": data, "path": None} for data in jpegs], "question": questions}, features=features)
-
-
 def _timed(function: Callable[[], object]):
     start = time.perf_counter()
     result = function()
     return result, time.perf_counter() - start
-
-
-def end_to_end_breakdown(prompter: ImagePrompter, backend, dataset: Dataset, batch_size: int) -> Dict[str, float]:
-    """Seconds spent by each stage of ``prompter.map`` over all rows, each stage timed on its own."""
-    config = prompter.config
-    stored = dataset.cast_column(config.image_column, ImageFeature(decode=False))[config.image_column]
-    questions = list(dataset[config.question_column])
-    spans = [slice(start, start + batch_size) for start in range(0, len(dataset), batch_size)]
-    images, decode = _timed(lambda: [open_image(value) for value in stored])
-    pixels, preprocess = _timed(lambda: [backend.pixels(images[span]) for span in spans])
-    with torch.inference_mode():
-        grid_masks, model = _timed(lambda: [
-            prompter_mask(backend, batch, questions[span]).cpu().numpy() for batch, span in zip(pixels, spans)
-        ])
-    blended, blend = _timed(lambda: [
-        [p.image for p in apply_prompt(config, images[span], grid_mask, [None] * len(grid_mask))]
-        for grid_mask, span in zip(grid_masks, spans)
-    ])
-    features = Features({config.masked_image_column: ImageFeature(), config.heatmap_column: Array2D(prompter.grid_shape, "float32")})
-    _, encode = _timed(lambda: [
-        Dataset.from_dict({config.masked_image_column: batch, config.heatmap_column: list(grid_mask)}, features=features)
-        for batch, grid_mask in zip(blended, grid_masks)
-    ])
-    return {"decode": decode, "preprocess": preprocess, "model step": model, "mask resize + blend": blend,
-            "PNG + Arrow encoding": encode}
 
 
 # ------------------------------------------------------------------ a model
@@ -349,19 +315,12 @@ def bench_model(spec: ModelSpec, args, jpegs: List[bytes]) -> dict:
     for numbers in memory.values():
         numbers["activations"] = numbers["peak"] - numbers["before"]
 
-    logger.info("%s: end to end on %d rows", spec.name, len(jpegs))
-    dataset = make_dataset(jpegs, questions)
-    _, e2e_seconds = _timed(lambda: prompter.map(dataset, batch_size=batch_size, load_from_cache_file=False))
-    breakdown = end_to_end_breakdown(prompter, backend, dataset, batch_size)
-    breakdown["rest (map machinery, Arrow reads, ...)"] = e2e_seconds - sum(breakdown.values())
-
     return {
         "model": spec.name, "layer_index": spec.layer_index, "load_average": [load_before, os.getloadavg()[0]], "grid": list(prompter.grid_shape),
         "device": str(device), "dtype": str(backend.dtype).replace("torch.", ""), "load_seconds": load_seconds,
         "batch_size": batch_size, "reference_batch_size": reference_batch, "repeats": args.repeats, "warmup": args.warmup,
         "seconds_per_call": seconds, "per_second": rates, "reference_mask_max_abs_diff": mask_diff,
-        "memory_bytes": memory, "end_to_end": {"rows": len(jpegs), "seconds": e2e_seconds, "rows_per_second": len(jpegs) / e2e_seconds,
-                                               "breakdown_seconds": breakdown},
+        "memory_bytes": memory,
     }
 
 
@@ -375,7 +334,6 @@ def checks_for(result: dict) -> List[Check]:
         Check(name, "speed-up over the authors' formulation", rates["prompter step"] / rates["reference"], ">=",
               20.0 if name == "ViT-L-14-336" else None),
         Check(name, "reference mask vs prompter mask, max abs diff", result["reference_mask_max_abs_diff"], "<=", 1e-4),
-        Check(name, "end to end: map rows/s / step masks/s", result["end_to_end"]["rows_per_second"] / rates["prompter step"], ">=", 0.7),
     ]
 
 
@@ -385,7 +343,7 @@ def _mib(value: float) -> str:
 
 
 def format_model(result: dict) -> str:
-    rates, seconds, memory, e2e = result["per_second"], result["seconds_per_call"], result["memory_bytes"], result["end_to_end"]
+    rates, seconds, memory = result["per_second"], result["seconds_per_call"], result["memory_bytes"]
     batch, reference_batch = result["batch_size"], result["reference_batch_size"]
     gh, gw = result["grid"]
     step, plain = memory["prompter step"], memory["encode_image"]
@@ -415,12 +373,7 @@ def format_model(result: dict) -> str:
         f"  {'prompter step':<44}{_mib(step['before']):>13}{_mib(step['peak']):>13}{_mib(step['activations']):>14}",
         f"  {'plain model.encode_image':<44}{_mib(plain['before']):>13}{_mib(plain['peak']):>13}{_mib(plain['activations']):>14}",
         "  (before = interpreter + weights + inputs + warm-up caches; activations = peak - before)",
-        f"4. end to end: prompter.map on {e2e['rows']} JPEG rows of 1024x768/768x1024, batch {batch}: "
-        f"{e2e['seconds']:.1f} s, {e2e['rows_per_second']:.2f} rows/s (model step alone: {rates['prompter step']:.2f} masks/s)",
-        f"  {'stage (each timed on its own, same rows)':<44}{'s':>10}{'ms/row':>10}{'share':>8}",
     ]
-    for stage, value in e2e["breakdown_seconds"].items():
-        lines.append(f"  {stage:<44}{value:>10.2f}{1000 * value / e2e['rows']:>10.1f}{value / e2e['seconds']:>8.0%}")
     return "\n".join(lines)
 
 
@@ -440,17 +393,16 @@ def parse_args(argv=None):
     parser.add_argument("--reference-batch-size", type=int, help="rows per reference call (default: 2 / 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per method (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per method first (default 1)")
-    parser.add_argument("--rows", type=int, default=16, help="rows of the end-to-end dataset (default 16)")
     parser.add_argument("--device", help="torch device (default: the library's choice, cuda if present)")
     parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the library's choice for the device)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 repeat, 4 rows, ViT-B-16 unless --models")
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 repeat, ViT-B-16 unless --models")
     parser.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every timed call")
     args = parser.parse_args(argv)
     if args.quick:
         args.models = args.models or ["ViT-B-16"]
         args.batch_size, args.reference_batch_size = args.batch_size or 2, args.reference_batch_size or 1
-        args.repeats, args.rows = 1, min(args.rows, 4)
+        args.repeats = 1
     args.models = args.models or list(MODELS)
     return args
 
@@ -463,8 +415,7 @@ def main(argv=None):
     started = time.perf_counter()
     if os.getloadavg()[0] > 0.5:
         logger.warning("1-min load average is %.2f: other processes use the CPUs, so timings will be noisy", os.getloadavg()[0])
-    # At least one full batch of rows, so the throughput batch comes from the same images.
-    rows = {name: max(args.rows, args.batch_size or MODELS[name].batch_size) for name in args.models}
+    rows = {name: args.batch_size or MODELS[name].batch_size for name in args.models}  # one batch
     jpegs = synthetic_jpegs(max(rows.values()))
     results, checks = [], []
     for name in args.models:
