@@ -381,6 +381,7 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize()
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # decoding its 96-Mpixel output, on purpose
 def test_direct_very_large_image_bounded_memory(prompter):
     prompter({"image": [rgb_image(16, 16)], "question": [Q]})  # model loaded before measuring
     gc.collect()
