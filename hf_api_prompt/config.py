@@ -211,4 +211,15 @@ class PrompterConfig:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes) -> "PrompterConfig":
+        """A copy with ``changes``, validated again.
+
+        ``image_format="png"`` without a ``jpeg_quality`` also clears the quality that a
+        JPEG-storing format filled in (PNG has none), so the switch needs no second field:
+
+        >>> config = PrompterConfig(backend="clip", model="m", pretrained=None, layer_index=0)
+        >>> config.jpeg_quality, config.replace(image_format="png").jpeg_quality
+        (75, None)
+        """
+        if changes.get("image_format") == "png":
+            changes.setdefault("jpeg_quality", None)
         return dataclasses.replace(self, **changes)

@@ -25,10 +25,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from PIL import Image
 
-from . import bundled
+from . import bundled, encoding
 from .backends import available_backends, get_backend
 from .config import GEOMETRIES, PrompterConfig
-from .inputs import check_question, open_image
+from .inputs import check_question, decode_image
 from .preview import colorize
 from .prompter import ImagePrompter
 
@@ -53,7 +53,9 @@ class PlaygroundResult:
     Attributes:
         heatmap: float32 ``[gh, gw]`` grid mask in [0, 1] (the prompter's heatmap column).
         mask: mode ``"L"`` image of the input's size: the heatmap as the blend uses it.
-        masked_image: RGB image, what :class:`~hf_api_prompt.ImagePrompter` writes.
+        masked_image: RGB image, what :class:`~hf_api_prompt.ImagePrompter` writes, as a reader of
+            the stored variant sees it: decoded from the JPEG where ``config.image_format`` stores
+            one for this source (:func:`hf_api_prompt.encoding.as_stored`).
         answer: the generative backend's own answer (llava), else ``None``.
         config: the prompter config that made it.
     """
@@ -120,7 +122,7 @@ class PlaygroundPredictor:
         Raises:
             ValueError, TypeError, OSError: bad inputs or parameters, unloadable models.
         """
-        image = open_image(image)
+        image, source_format = decode_image(image)
         question = check_question(question)
         with self._lock:
             prompter = self.prompter(backend, **params)
@@ -128,7 +130,8 @@ class PlaygroundPredictor:
         config = prompter.config
         answer = batch.extra_columns[config.answer_column][0] if config.answer_column in batch.extra_columns else None
         prompted = batch.prompted[0]
-        return PlaygroundResult(batch.grid_masks[0], prompted.weights, prompted.image, answer, config)
+        masked = encoding.as_stored(prompted.image, config, source_format)
+        return PlaygroundResult(batch.grid_masks[0], prompted.weights, masked, answer, config)
 
 
 def demo_examples() -> List[List[str]]:
@@ -251,7 +254,8 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="pil", label="image", sources=["upload", "clipboard"], elem_id="input-image")
+                # image_mode=None: the upload as decoded, its format kept (a JPEG is stored as one, image_format="source").
+                image = gr.Image(type="pil", image_mode=None, label="image", sources=["upload", "clipboard"], elem_id="input-image")
                 question = gr.Textbox(label="question", lines=2, elem_id="question")
                 submit = gr.Button("Mask", variant="primary", elem_id="submit")
             with gr.Column(scale=1):

@@ -9,6 +9,7 @@ never compared: one changed pixel changes the whole compressed stream.
 """
 
 import numpy as np
+from datasets import Image as ImageFeature
 
 from hf_api_prompt.masks import mask_to_uint8
 
@@ -20,6 +21,15 @@ from hf_api_prompt.masks import mask_to_uint8
 #: three orders of magnitude below any real change of the method (another layer,
 #: kernel or coefficient moves cells by more than 1e-2).
 HEATMAP_ATOL = 64 * float(np.finfo(np.float32).eps)
+
+
+def stored_image(value):
+    """A masked-image value of a direct call (``{"bytes", "path"}``, or ``None``) as a reader of the stored dataset sees it.
+
+    Decoded by ``datasets``' ``Image`` feature, as a mapped dataset's rows are: mode and
+    format are the stored ones (no conversion to RGB that could hide a wrong mode).
+    """
+    return None if value is None else ImageFeature().decode_example(value)
 
 
 def assert_heatmaps_close(got, want, what: str = "heatmaps", atol: float = HEATMAP_ATOL):

@@ -16,6 +16,8 @@ from torchvision.transforms.functional import to_pil_image
 
 from hf_api_prompt import ImagePrompter, masks
 
+from compare import stored_image
+
 SIDE, PATCH, GRID = 64, 8, 8
 QUESTION = "where is the red car?"
 
@@ -171,8 +173,8 @@ def test_paper_geometry_stretches_grid_over_whole_image(tiny_clip, size, interp,
     prompter = ImagePrompter("clip", model=tiny_clip, layer_index=1, geometry="paper", interpolation=interp, grayscale=gray)
     image = random_image(size, 3)
     out = prompter({"image": [image], "question": [QUESTION]})
-    masked, heatmap = out["masked_image"][0], np.asarray(out["heatmap"][0])
-    assert masked.mode == "RGB" and masked.size == size
+    masked, heatmap = stored_image(out["masked_image"][0]), np.asarray(out["heatmap"][0])
+    assert masked.format == "PNG" and masked.mode == "RGB" and masked.size == size  # an in-memory source: lossless
     mask_l = mask_u8_reference(heatmap).resize(size, Image.Resampling[interp.upper()])
     np.testing.assert_array_equal(np.asarray(masked), blend_reference(image, mask_l, gray))
 
@@ -259,7 +261,7 @@ def test_aligned_end_to_end(tiny_clip, size):
     image = random_image(size, 11)
     batch = {"image": [image], "question": [QUESTION]}
     out_a, out_p = aligned(batch), paper(batch)
-    masked_a, masked_p = out_a["masked_image"][0], out_p["masked_image"][0]
+    masked_a, masked_p = stored_image(out_a["masked_image"][0]), stored_image(out_p["masked_image"][0])
     assert masked_a.size == size and masked_a.mode == "RGB"
     # Same grid mask; only its placement differs.
     np.testing.assert_array_equal(np.asarray(out_a["heatmap"][0]), np.asarray(out_p["heatmap"][0]))
@@ -279,8 +281,9 @@ def test_aligned_equals_paper_on_square_images(tiny_clip, size):
     batch = {"image": [image], "question": [QUESTION]}
     out_a = ImagePrompter("clip", geometry="aligned", **kwargs)(batch)
     out_p = ImagePrompter("clip", geometry="paper", **kwargs)(batch)
-    assert out_a["masked_image"][0].size == size
-    np.testing.assert_array_equal(np.asarray(out_a["masked_image"][0]), np.asarray(out_p["masked_image"][0]))
+    masked_a, masked_p = stored_image(out_a["masked_image"][0]), stored_image(out_p["masked_image"][0])
+    assert masked_a.size == size
+    np.testing.assert_array_equal(np.asarray(masked_a), np.asarray(masked_p))
 
 
 @pytest.mark.parametrize("size", [(3, 200), (200, 3), (1, 40)])

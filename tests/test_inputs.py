@@ -21,6 +21,8 @@ from PIL import Image
 from hf_api_prompt import ImagePrompter, RowError
 from hf_api_prompt.inputs import check_question, open_image, to_rgb
 
+from compare import stored_image
+
 Q = "where is the red car?"
 
 
@@ -298,6 +300,7 @@ def test_direct_passthrough(prompter, passthrough):
         "question": [Q, Q, Q, "   ", Q, Q, Q, None, 42],
     }
     out = passthrough(batch, list(range(100, 109)))
+    masked = [stored_image(value) for value in out["masked_image"]]
     status = out["api_status"]
     assert len(status) == len(out["heatmap"]) == len(out["masked_image"]) == 9
     assert status[0] == status[4] == status[6] == "ok"
@@ -306,16 +309,16 @@ def test_direct_passthrough(prompter, passthrough):
     assert "question must be a string" in status[8]
     for i in (1, 2, 3, 5, 7, 8):
         assert out["heatmap"][i] is None
-    assert out["masked_image"][1] is None and out["masked_image"][2] is None and out["masked_image"][5] is None
+    assert masked[1] is None and masked[2] is None and masked[5] is None
     # Decodable rows with a bad question pass through unmasked (as RGB).
-    np.testing.assert_array_equal(arr(out["masked_image"][3]), np.full((10, 12, 3), 90, np.uint8))
-    np.testing.assert_array_equal(arr(out["masked_image"][7]), arr(rgb_image(9, 9, 4)))
+    np.testing.assert_array_equal(arr(masked[3]), np.full((10, 12, 3), 90, np.uint8))
+    np.testing.assert_array_equal(arr(masked[7]), arr(rgb_image(9, 9, 4)))
     # The good rows are masked exactly as when they run alone.
     alone = prompter({"image": good, "question": [Q] * 3})
     for slot, i in enumerate((0, 4, 6)):
         np.testing.assert_array_equal(np.asarray(out["heatmap"][i]), np.asarray(alone["heatmap"][slot]))
-        np.testing.assert_array_equal(arr(out["masked_image"][i]), arr(alone["masked_image"][slot]))
-        assert not np.array_equal(arr(out["masked_image"][i]), arr(good[slot]))
+        np.testing.assert_array_equal(arr(masked[i]), arr(stored_image(alone["masked_image"][slot])))
+        assert not np.array_equal(arr(masked[i]), arr(good[slot]))
 
 
 def test_direct_all_bad_batch_passthrough(passthrough):
@@ -336,9 +339,15 @@ def test_direct_unusual_modes(prompter):
     out = prompter({"image": images, "question": [Q] * len(images)})
     # Same result as feeding the first-principles RGB version of each image.
     want = prompter({"image": [Image.fromarray(case[3]) for case in MODE_CASES], "question": [Q] * len(images)})
-    for case, masked, expected in zip(MODE_CASES, out["masked_image"], want["masked_image"]):
+    for case, value, expected in zip(MODE_CASES, out["masked_image"], want["masked_image"]):
+        masked = stored_image(value)
         assert masked.mode == "RGB" and masked.size == case[1].size, case[0]
-        np.testing.assert_array_equal(arr(masked), arr(expected))
+        np.testing.assert_array_equal(arr(masked), arr(stored_image(expected)))
+
+
+def as_stored_jpeg(value) -> np.ndarray:
+    """A lossless masked image as the default ``image_format="source"`` stores it for a JPEG source: JPEG q75."""
+    return arr(Image.open(io.BytesIO(encode(stored_image(value), "JPEG", quality=75))))
 
 
 def test_direct_exif_rotated(prompter):
@@ -346,10 +355,12 @@ def test_direct_exif_rotated(prompter):
     stored = Image.open(io.BytesIO(data))
     assert stored.size == (40, 24)
     out = prompter({"image": [as_dict(data), stored], "question": [Q, Q]})
+    # The upright pixels made in memory: masked the same way, stored losslessly.
     want = prompter({"image": [Image.fromarray(np.ascontiguousarray(upright))] * 2, "question": [Q, Q]})
-    for masked, expected in zip(out["masked_image"], want["masked_image"]):
-        assert masked.size == (24, 40)
-        np.testing.assert_array_equal(arr(masked), arr(expected))
+    for value, expected in zip(out["masked_image"], want["masked_image"]):
+        masked = stored_image(value)
+        assert masked.size == (24, 40) and masked.format == "JPEG"
+        np.testing.assert_array_equal(arr(masked), as_stored_jpeg(expected))
 
 
 @pytest.mark.parametrize("geometry", ["paper", "aligned"])
@@ -357,8 +368,9 @@ def test_direct_one_pixel_images(tiny_clip, geometry):
     p = ImagePrompter("clip", model=tiny_clip, layer_index=1, geometry=geometry)
     images = [Image.new("RGB", (1, 1), (200, 10, 10)), Image.new("L", (1, 1), 77), Image.new("RGB", (1, 3), (5, 6, 7))]
     out = p({"image": images, "question": [Q] * 3})
-    assert [m.size for m in out["masked_image"]] == [(1, 1), (1, 1), (1, 3)]
-    assert all(m.mode == "RGB" for m in out["masked_image"])
+    masked = [stored_image(value) for value in out["masked_image"]]
+    assert [m.size for m in masked] == [(1, 1), (1, 1), (1, 3)]
+    assert all(m.mode == "RGB" for m in masked)
     for h in out["heatmap"]:
         h = np.asarray(h)
         assert h.shape == (8, 8) and np.isfinite(h).all() and 0 <= h.min() and h.max() <= 1
@@ -369,6 +381,7 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize()
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # decoding its 96-Mpixel output, on purpose
 def test_direct_very_large_image_bounded_memory(prompter):
     prompter({"image": [rgb_image(16, 16)], "question": [Q]})  # model loaded before measuring
     gc.collect()
@@ -378,8 +391,8 @@ def test_direct_very_large_image_bounded_memory(prompter):
     small[4:, :, 1] = 128
     image = Image.fromarray(small).resize((12000, 8000), Image.Resampling.NEAREST)  # 288 MB of pixels
     out = prompter({"image": [image], "question": [Q]})
-    masked = out["masked_image"][0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes (before the test decodes)
+    masked = stored_image(out["masked_image"][0])
     assert masked.size == (12000, 8000) and masked.mode == "RGB"
     assert np.asarray(out["heatmap"][0]).shape == (8, 8)
     growth = peak - before
@@ -497,15 +510,15 @@ def test_map_unusual_modes(prompter):
     want = prompter({"image": [Image.fromarray(case[3]) for case in MODE_CASES], "question": [Q] * len(MODE_CASES)})
     for case, row, expected in zip(MODE_CASES, out, want["masked_image"]):
         assert row["masked_image"].mode == "RGB" and row["masked_image"].size == case[1].size, case[0]
-        np.testing.assert_array_equal(arr(row["masked_image"]), arr(expected))
+        np.testing.assert_array_equal(arr(row["masked_image"]), arr(stored_image(expected)))  # PNG and TIFF sources: lossless
 
 
 def test_map_exif_rotated(prompter):
     data, upright = exif_rotated_jpeg()
     out = prompter.map(dataset([as_dict(data)], [Q]))
-    assert out[0]["masked_image"].size == (24, 40)
+    assert out[0]["masked_image"].size == (24, 40) and out[0]["masked_image"].format == "JPEG"
     want = prompter({"image": [Image.fromarray(np.ascontiguousarray(upright))], "question": [Q]})
-    np.testing.assert_array_equal(arr(out[0]["masked_image"]), arr(want["masked_image"][0]))
+    np.testing.assert_array_equal(arr(out[0]["masked_image"]), as_stored_jpeg(want["masked_image"][0]))
 
 
 def test_map_one_pixel(prompter):

@@ -18,7 +18,7 @@ from PIL import Image
 from hf_api_prompt import ImagePrompter, RowError, masks
 from hf_api_prompt.backends.llava import CAPTURE_ATTENTION, SYSTEM_PROMPT, ImageAttentionCapture
 
-from compare import assert_heatmaps_close, assert_image_lists_close
+from compare import assert_heatmaps_close, assert_image_lists_close, stored_image
 from conftest import TINY_LLAVA_EOS as EOS, TINY_LLAVA_GRID as GRID, make_local_llava
 
 LAYER = 1
@@ -199,7 +199,7 @@ def test_padding_geometry(prompter, tiny_llava, images):
                           geometry=geometry, interpolation="nearest")
         out = p({"image": [wide], "question": ["what is this?"]})
         grid = masks.mask_to_uint8(out["heatmap"][0]).astype(int)
-        got = np.asarray(out["masked_image"][0])[:, :, 0].astype(int)
+        got = np.asarray(stored_image(out["masked_image"][0]))[:, :, 0].astype(int)
         y = rows[0] + (np.arange(40) + 0.5) * (rows[1] - rows[0]) / 40
         x = cols[0] + (np.arange(80) + 0.5) * (cols[1] - cols[0]) / 80
         want = grid[np.floor(y).astype(int)][:, np.floor(x).astype(int)]
@@ -217,8 +217,8 @@ def test_grayscale_is_honoured(tiny_llava, images):
     for gray, out in outputs.items():
         weights = masks.mask_to_pixels(masks.mask_to_uint8(mask), images[0].size, Image.Resampling.LANCZOS)
         want = masks.blend(images[0], weights, gray)
-        np.testing.assert_array_equal(np.asarray(out["masked_image"][0]), np.asarray(want))
-    assert not np.array_equal(np.asarray(outputs[0]["masked_image"][0]), np.asarray(outputs[200]["masked_image"][0]))
+        np.testing.assert_array_equal(np.asarray(stored_image(out["masked_image"][0])), np.asarray(want))
+    assert not np.array_equal(*(np.asarray(stored_image(outputs[gray]["masked_image"][0])) for gray in (0, 200)))
 
 
 def test_bad_rows(tiny_llava, images):
@@ -232,7 +232,7 @@ def test_bad_rows(tiny_llava, images):
     assert out["api_status"][0] == "ok" and "image is missing" in out["api_status"][1]
     assert "question is missing" in out["api_status"][2]
     assert out["heatmap"][1] is None and out["api_answer"][1] is None and out["api_answer"][2] is None
-    np.testing.assert_array_equal(np.asarray(out["masked_image"][2]), np.asarray(images[1]))  # unmasked
+    np.testing.assert_array_equal(np.asarray(stored_image(out["masked_image"][2])), np.asarray(images[1]))  # unmasked
     assert isinstance(out["api_answer"][0], str)
 
 

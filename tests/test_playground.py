@@ -7,6 +7,7 @@ the suite runs without either. The browser test needs Debian's ``chromium`` and
 they are missing or cannot start.
 """
 
+import io
 import shutil
 import socket
 import sys
@@ -22,6 +23,8 @@ from hf_api_prompt import ImagePrompter
 from hf_api_prompt.bundled import DEMO_MODEL, DEMO_MODEL_LAYER
 from hf_api_prompt.playground import PlaygroundPredictor, _gradio, build_app, demo_examples, predict
 
+from compare import stored_image
+
 SCENE_PATH, SCENE_QUESTION = demo_examples()[2]
 TYPED_QUESTION = "What color is the cross?"
 DEMO = {"model": DEMO_MODEL, "layer_index": DEMO_MODEL_LAYER}
@@ -31,10 +34,10 @@ RESULT_TIMEOUT_S = 120
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 
-def reference(image: Image.Image, question: str, **params) -> dict:
-    """What ``ImagePrompter`` itself writes for one row."""
+def reference(image, question: str, **params) -> dict:
+    """What ``ImagePrompter`` itself writes for one row, the masked image as a reader of the dataset sees it."""
     out = ImagePrompter("clip", **{**DEMO, **params})({"image": [image], "question": [question]})
-    return {"masked_image": out["masked_image"][0], "heatmap": out["heatmap"][0]}
+    return {"masked_image": stored_image(out["masked_image"][0]), "heatmap": out["heatmap"][0]}
 
 
 def ui_values(image, question=SCENE_QUESTION, *, model=DEMO_MODEL, layer_index=DEMO_MODEL_LAYER, geometry="paper"):
@@ -59,6 +62,19 @@ def test_predictor_matches_image_prompter(scene, params):
     np.testing.assert_array_equal(result.heatmap, expected["heatmap"])
     assert result.mask.mode == "L" and result.mask.size == scene.size
     assert result.answer is None and result.config.layer_index == DEMO_MODEL_LAYER
+
+
+@pytest.mark.parametrize("image_format", ["source", "png"])
+def test_predictor_shows_what_the_variant_stores_for_a_jpeg(scene, image_format):
+    """A JPEG source is stored as JPEG q75 by default: the page shows those pixels, not the lossless blend."""
+    buffer = io.BytesIO()
+    scene.save(buffer, "JPEG", quality=90)
+    jpeg = {"bytes": buffer.getvalue(), "path": None}
+    result = PlaygroundPredictor()(jpeg, SCENE_QUESTION, "clip", **DEMO, image_format=image_format)
+    expected = reference(jpeg, SCENE_QUESTION, image_format=image_format)
+    assert expected["masked_image"].format == {"source": "JPEG", "png": "PNG"}[image_format]
+    np.testing.assert_array_equal(np.asarray(result.masked_image), np.asarray(expected["masked_image"]))
+    np.testing.assert_array_equal(result.heatmap, expected["heatmap"])
 
 
 def test_predictor_keeps_a_bounded_cache_of_prompters():
