@@ -1,6 +1,7 @@
 """Publishing never loses or mislabels a variant: unique names, names independent of the checkout, honest
 weights labels, and no file we did not write is ever overwritten."""
 
+import io
 import json
 import re
 import shutil
@@ -215,6 +216,61 @@ def test_clip_without_weights_is_still_called_random():
     card = render_card(VariantIndex().upsert(tiny_built_variant(config).record), load_path="x", is_hub=True)
     row = next(line for line in card.text.splitlines() if line.startswith(f"| `{variant_name(config)}`"))
     assert [c.strip() for c in row.split(" | ")][4] == "random"
+
+
+def jpeg_sources(rows):
+    """``rows`` with each image as the bytes of a JPEG file, as most benchmarks' photos are stored."""
+    def to_jpeg(row):
+        buffer = io.BytesIO()
+        row["image"].convert("RGB").save(buffer, format="JPEG", quality=95)
+        return {"image": {"bytes": buffer.getvalue(), "path": None}}
+
+    return rows.map(to_jpeg, features=rows.features)
+
+
+def jpeg_tables(quality: int) -> dict:
+    """The quantization tables Pillow writes at ``quality``: what identifies a JPEG's quality."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, format="JPEG", quality=quality)
+    return Image.open(buffer).quantization
+
+
+def test_the_card_says_how_each_variant_stores_its_images(tmp_path, tiny_clip):
+    """The card's "images" column says what the files hold; a maps dataset leaves it open, and a variant remasked from
+    it in a format is named as the direct run of that format would be."""
+    from datasets import Image as ImageFeature, load_dataset
+    from PIL import Image
+
+    from hf_api_prompt.publishing import publish_remask, publish_sweep
+    from hf_api_prompt.publishing.layout import read_card
+
+    rows = jpeg_sources(make_mmvet_like(2))
+    prompter = ImagePrompter("clip", model=tiny_clip, layer_index=1)
+    folder = tmp_path / "out"
+    [maps] = publish_sweep([prompter], custom_benchmark("in-memory", "test"), output_dir=folder, dataset=rows,
+                           preview_rows=0, maps_only=True)["variants"]
+    remask = dict(maps_config=maps["config_name"], output_dir=folder, preview_rows=0)
+    remasked = publish_remask(folder, **remask, image_format=["source", "png", "jpeg"])["variants"]
+    remasked += publish_remask(folder, **remask, image_format="jpeg", jpeg_quality=90)["variants"]
+    expected = [  # the direct run's config, the card's words, the stored format and JPEG quality
+        (prompter.config, "JPEG q75 for JPEG sources, else PNG", "JPEG", 75),  # the default, on JPEG sources
+        (prompter.config.replace(image_format="png"), "PNG", "PNG", None),
+        (prompter.config.replace(image_format="jpeg"), "JPEG q75", "JPEG", 75),
+        (prompter.config.replace(image_format="jpeg", jpeg_quality=90), "JPEG q90", "JPEG", 90),
+    ]
+    assert [v["config_name"] for v in remasked] == [variant_name(config) for config, *_ in expected]
+    table = {row["config"].strip("`"): row for row in card_table(read_card(folder))}
+    assert table[maps["config_name"]]["images"] == "open"
+    for variant, (_, words, stored_format, quality) in zip(remasked, expected):
+        name = variant["config_name"]
+        assert table[name]["images"] == words, name
+        stored = load_dataset(str(folder), name, split="test").cast_column("image", ImageFeature(decode=False))
+        for row, value in enumerate(stored["image"]):
+            image = Image.open(io.BytesIO(value["bytes"]))
+            assert image.format == stored_format, (name, row)
+            assert quality is None or image.quantization == jpeg_tables(quality), (name, row)
 
 
 # ------------------------------------------------------------------ 4. published names stay; backends name their part
