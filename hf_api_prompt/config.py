@@ -211,14 +211,15 @@ class PrompterConfig:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes) -> "PrompterConfig":
-        """A copy with ``changes``, validated again.
+        """This config with ``changes``, validated again.
 
-        ``image_format="png"`` without a ``jpeg_quality`` also clears the quality that a
-        JPEG-storing format filled in (PNG has none), so the switch needs no second field:
+        ``image_format="png"`` drops the ``jpeg_quality`` of the format it replaces (PNG has none;
+        the quality a default config holds is 75), unless ``changes`` give one, which is refused;
+        a JPEG format keeps the quality it is given or the config had.
 
-        >>> config = PrompterConfig(backend="clip", model="m", pretrained=None, layer_index=0)
-        >>> config.jpeg_quality, config.replace(image_format="png").jpeg_quality
-        (75, None)
+        >>> cfg = PrompterConfig(backend="clip", model="m", pretrained=None, layer_index=0, jpeg_quality=90)
+        >>> cfg.replace(image_format="png").jpeg_quality is None, cfg.replace(image_format="jpeg").jpeg_quality
+        (True, 90)
         """
         if changes.get("image_format") == "png":
             changes.setdefault("jpeg_quality", None)

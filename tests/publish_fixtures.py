@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,25 @@ from PIL import Image
 
 #: MM-Vet's columns in lmms-lab's copy (the task reads ``image`` and ``question``).
 MMVET_COLUMNS = ["question_id", "image", "question", "answer", "image_source", "capability"]
+#: Config fields that are not part of a variant's identity (docs/method.md: where it ran, the version, the column names).
+NOT_IDENTITY = {"device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
+                "status_column", "answer_column"}
+#: Fields added after the first release, with the value every earlier version had: left out of the identity there.
+EARLIER_VALUES = {"prompt": "mask", "image_format": "png", "jpeg_quality": None}
+
+
+def independent_hash(config, **portable) -> str:
+    """The 8-hex hash of a variant name, computed here from the documented scheme.
+
+    sha256 of the sorted, compact JSON of the identity fields: every field but :data:`NOT_IDENTITY`, and those of
+    :data:`EARLIER_VALUES` at their earlier value left out (so the names published before they existed stay).
+
+    Args:
+        portable: the fields as the checkout-independent config holds them (local weights by their name).
+    """
+    fields = {k: v for k, v in {**config.to_dict(), **portable}.items()
+              if k not in NOT_IDENTITY and not (k in EARLIER_VALUES and v == EARLIER_VALUES[k])}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
 
 
 def make_mmvet_like(num_rows: int = 4, seed: int = 0):

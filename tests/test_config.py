@@ -196,6 +196,20 @@ def test_replace_revalidates():
     assert cfg().replace(interpolation="bilinear").interpolation == "BILINEAR"
 
 
+def test_replace_to_png_drops_the_jpeg_quality_it_had():
+    """A default config holds jpeg_quality 75 (filled in for "source"); PNG has no quality, so a change to PNG
+    (remask --image-format png, a recipe of an lmms-eval export) must not trip over the 75 it never asked for."""
+    default = cfg()
+    assert (default.image_format, default.jpeg_quality) == ("source", 75)
+    png = default.replace(image_format="png")
+    assert (png.image_format, png.jpeg_quality) == ("png", None)
+    assert png == cfg(image_format="png")
+    assert cfg(jpeg_quality=90).replace(image_format="jpeg").jpeg_quality == 90  # a JPEG format keeps its quality
+    assert png.replace(image_format="jpeg").jpeg_quality == 75  # from PNG: the default quality
+    with pytest.raises(ValueError, match="jpeg_quality=90 has no meaning with image_format='png'"):
+        default.replace(image_format="png", jpeg_quality=90)  # a quality asked for with PNG is still refused
+
+
 @pytest.mark.parametrize("interpolation", ["bogus", "lanczos3", "", "cubic"])
 def test_unknown_interpolation(interpolation):
     with pytest.raises(ValueError, match="interpolation"):

@@ -78,12 +78,16 @@ def fake_masking(monkeypatch):
 def test_one_task_per_recipe_named_as_the_materialized_variant(tmp_path):
     record = maps_record()
     recipes = [{"layer_index": 22}, {"layer_index": 21, "enhance_coe": 2.5, "kernel_size": 5, "interpolation": "bicubic",
-                                     "grayscale": 7, "geometry": "aligned"}]
+                                     "grayscale": 7, "geometry": "aligned"},
+               {"layer_index": 22, "image_format": "png"}, {"layer_index": 22, "image_format": "jpeg", "jpeg_quality": 90}]
     written = export_variants_of(tmp_path, recipes, record)
-    # The names variant_name gives these configs (variants.py's doctest spells the paper's).
+    # The names variant_name gives these configs (variants.py's doctest spells the paper's): the default stores JPEG
+    # sources as JPEG q75; PNG, as every variant before the format choice, adds nothing to the name.
     assert [task for task, _ in written] == [
+        "mme_api_clip-vit-l-14-336-l22-e5-k3-lanczos-g0-source75",
+        "mme_api_clip-vit-l-14-336-l21-e2p5-k5-bicubic-g7-aligned-source75",
         "mme_api_clip-vit-l-14-336-l22-e5-k3-lanczos-g0",
-        "mme_api_clip-vit-l-14-336-l21-e2p5-k5-bicubic-g7-aligned",
+        "mme_api_clip-vit-l-14-336-l22-e5-k3-lanczos-g0-jpeg90",
     ]
     for (task, path), params in zip(written, recipes):
         assert task == lmms_eval_task_name("mme", variant_name(PAPER.replace(**params)))

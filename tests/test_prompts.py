@@ -46,7 +46,7 @@ def test_a_registered_style_is_selected_by_the_config_and_named(inverse_style):
         expected = inverse_style(row["image"].convert("RGB"), grid_u8, None, styled_prompter.config).image
         np.testing.assert_array_equal(np.asarray(row["masked_image"]), np.asarray(expected))
     name = variant_name(styled_prompter.config)
-    assert f"-g0-{STYLE}-h" in name and name != variant_name(ImagePrompter("clip", model=DEMO_MODEL, layer_index=2).config)
+    assert f"-g0-{STYLE}-source75-h" in name and name != variant_name(ImagePrompter("clip", model=DEMO_MODEL, layer_index=2).config)
     # remasking in the style equals the direct run
     [maps_prompter] = MapsPrompter.for_prompters([styled_prompter])
     remasked = remask(maps_prompter.map(ds), styled_prompter)

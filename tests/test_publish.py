@@ -25,7 +25,9 @@ from hf_api_prompt.publishing.retry import RetryPolicy, is_transient
 from hf_api_prompt.publishing.layout import read_card, read_index
 from hf_api_prompt.publishing.variants import config_hash
 
-from publish_fixtures import MMVET_COLUMNS, assert_published_variant, make_mmvet_like, save_mmvet_like
+from publish_fixtures import (
+    MMVET_COLUMNS, assert_published_variant, independent_hash, make_mmvet_like, save_mmvet_like,
+)
 
 PAPER = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
 
@@ -33,25 +35,35 @@ PAPER = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai"
 # ------------------------------------------------------------------ variant names
 
 
-def test_paper_defaults_name_is_the_issue_example():
-    assert variant_name(PAPER) == "clip-vit-l-14-336-l22-e5-k3-lanczos-g0"
-    assert variant_tag(variant_name(PAPER)) == f"clip-vit-l-14-336-l22-e5-k3-lanczos-g0-v{__version__}"
+def test_paper_defaults_name_is_the_issue_example_with_the_image_format():
+    # The issue's example, as published before the format choice existed (PNG: no format part).
+    assert variant_name(PAPER.replace(image_format="png")) == "clip-vit-l-14-336-l22-e5-k3-lanczos-g0"
+    # Today's default stores JPEG sources as JPEG q75 (the authors saved theirs so), other sources as PNG, and says so.
+    assert variant_name(PAPER) == "clip-vit-l-14-336-l22-e5-k3-lanczos-g0-source75"
+    assert variant_tag(variant_name(PAPER)) == f"clip-vit-l-14-336-l22-e5-k3-lanczos-g0-source75-v{__version__}"
 
 
 @pytest.mark.parametrize(
     "changes, expected",
     [
-        (dict(layer_index=20), "clip-vit-l-14-336-l20-e5-k3-lanczos-g0"),
-        (dict(enhance_coe=2.5), "clip-vit-l-14-336-l22-e2p5-k3-lanczos-g0"),
-        (dict(kernel_size=5), "clip-vit-l-14-336-l22-e5-k5-lanczos-g0"),
-        (dict(interpolation="bicubic"), "clip-vit-l-14-336-l22-e5-k3-bicubic-g0"),
-        (dict(grayscale=200), "clip-vit-l-14-336-l22-e5-k3-lanczos-g200"),
-        (dict(geometry="aligned"), "clip-vit-l-14-336-l22-e5-k3-lanczos-g0-aligned"),
-        (dict(model="ViT-B-16", pretrained="openai", layer_index=10), "clip-vit-b-16-openai-l10-e5-k3-lanczos-g0"),
-        (dict(model="ViT-B-16", pretrained=None, layer_index=10), "clip-vit-b-16-random-l10-e5-k3-lanczos-g0"),
-        (dict(pretrained="laion2b_s32b_b82k"), "clip-vit-l-14-336-laion2b-s32b-b82k-l22-e5-k3-lanczos-g0"),
+        (dict(layer_index=20), "clip-vit-l-14-336-l20-e5-k3-lanczos-g0-source75"),
+        (dict(enhance_coe=2.5), "clip-vit-l-14-336-l22-e2p5-k3-lanczos-g0-source75"),
+        (dict(kernel_size=5), "clip-vit-l-14-336-l22-e5-k5-lanczos-g0-source75"),
+        (dict(interpolation="bicubic"), "clip-vit-l-14-336-l22-e5-k3-bicubic-g0-source75"),
+        (dict(grayscale=200), "clip-vit-l-14-336-l22-e5-k3-lanczos-g200-source75"),
+        (dict(geometry="aligned"), "clip-vit-l-14-336-l22-e5-k3-lanczos-g0-aligned-source75"),
+        (dict(model="ViT-B-16", pretrained="openai", layer_index=10), "clip-vit-b-16-openai-l10-e5-k3-lanczos-g0-source75"),
+        (dict(model="ViT-B-16", pretrained=None, layer_index=10), "clip-vit-b-16-random-l10-e5-k3-lanczos-g0-source75"),
+        (dict(pretrained="laion2b_s32b_b82k"), "clip-vit-l-14-336-laion2b-s32b-b82k-l22-e5-k3-lanczos-g0-source75"),
+        # The stored images: {image_format}{jpeg_quality}, after the geometry; PNG (lossless, no quality) adds nothing.
+        (dict(image_format="jpeg"), "clip-vit-l-14-336-l22-e5-k3-lanczos-g0-jpeg75"),
+        (dict(jpeg_quality=90), "clip-vit-l-14-336-l22-e5-k3-lanczos-g0-source90"),
+        (dict(image_format="jpeg", jpeg_quality=100), "clip-vit-l-14-336-l22-e5-k3-lanczos-g0-jpeg100"),
+        (dict(geometry="aligned", image_format="jpeg", jpeg_quality=1), "clip-vit-l-14-336-l22-e5-k3-lanczos-g0-aligned-jpeg1"),
+        (dict(image_format="png"), "clip-vit-l-14-336-l22-e5-k3-lanczos-g0"),
         # Column names and the device say nothing about the method.
-        (dict(image_column="image_1", question_column="q", masked_image_column="m", device="cpu"), "clip-vit-l-14-336-l22-e5-k3-lanczos-g0"),
+        (dict(image_column="image_1", question_column="q", masked_image_column="m", device="cpu"),
+         "clip-vit-l-14-336-l22-e5-k3-lanczos-g0-source75"),
     ],
 )
 def test_readable_names(changes, expected):
@@ -61,7 +73,7 @@ def test_readable_names(changes, expected):
 @pytest.mark.parametrize("changes", [dict(on_error="passthrough"), dict(dtype="fp16")])
 def test_parameters_outside_the_readable_part_add_a_hash(changes):
     name = variant_name(PAPER.replace(**changes))
-    assert re.fullmatch(r"clip-vit-l-14-336-l22-e5-k3-lanczos-g0-h[0-9a-f]{8}", name), name
+    assert re.fullmatch(r"clip-vit-l-14-336-l22-e5-k3-lanczos-g0-source75-h[0-9a-f]{8}", name), name
     assert name != variant_name(PAPER)
 
 
@@ -69,18 +81,17 @@ def test_local_models_are_named_by_their_weights_hash():
     a = PAPER.replace(model="local-dir:/models/my-clip/", pretrained=None, layer_index=2, weights_sha256="a" * 64)
     b = a.replace(weights_sha256="b" * 64)
     moved = a.replace(model="local-dir:/elsewhere/my-clip")
-    assert variant_name(a).startswith("clip-my-clip-l2-e5-k3-lanczos-g0-h")
+    assert variant_name(a).startswith("clip-my-clip-l2-e5-k3-lanczos-g0-source75-h")
     assert variant_name(a) != variant_name(b)  # same folder name, other weights: another name
-    # The hash is over the whole identity, with the folder by its name only, computed independently here:
-    import hashlib
-
-    identity = {k: v for k, v in a.to_dict().items() if k not in {
-        "device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
-        "status_column", "answer_column"}}
-    del identity["prompt"]  # added after the first release: left out at its default ("mask"), so names stay
-    identity["model"] = "local-dir:my-clip"
-    expected = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
-    assert config_hash(a) == expected and variant_name(a).endswith("-h" + expected)
+    # The hash is over the whole identity (the default's image format and quality included), with the folder by
+    # its name only:
+    expected = independent_hash(a, model="local-dir:my-clip")
+    assert {"image_format": "source", "jpeg_quality": 75}.items() <= a.to_dict().items()
+    assert config_hash(a) == expected and variant_name(a) == "clip-my-clip-l2-e5-k3-lanczos-g0-source75-h" + expected
+    # Stored as PNG the identity lacks both, as the identity of every variant before the choice did.
+    png = a.replace(image_format="png")
+    expected_png = independent_hash(png, model="local-dir:my-clip")
+    assert expected_png != expected and variant_name(png) == "clip-my-clip-l2-e5-k3-lanczos-g0-h" + expected_png
     # Where the folder lives is not part of the identity: the same weights elsewhere keep the name.
     assert variant_name(moved) == variant_name(a)
 
@@ -91,8 +102,9 @@ def test_names_are_unique_over_a_parameter_grid():
         for layer in (20, 22) for coe in (1, 5, 5.5) for kernel in (1, 3) for interp in ("lanczos", "bicubic")
         for gray in (0, 128) for geom in ("paper", "aligned")
     ]
+    grid = [c.replace(**fmt) for c in grid for fmt in (dict(image_format="png"), dict(), dict(image_format="jpeg"))]
     names = [variant_name(c) for c in grid]
-    assert len(set(names)) == len(grid) == 2 * 3 * 2 * 2 * 2 * 2
+    assert len(set(names)) == len(grid) == 2 * 3 * 2 * 2 * 2 * 2 * 3
     assert all(re.fullmatch(r"[a-z0-9-]+", n) for n in names)
     assert names == [variant_name(c) for c in grid]  # deterministic
 
@@ -239,7 +251,7 @@ def test_cli_run_without_dataset_uses_bundled_demo(tmp_path, capsys):
     assert main(["run", "--output-dir", str(tmp_path), "--limit", "2", "--preview-rows", "1"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["output_dir"] == str(tmp_path) and summary["num_rows"] == 2 and summary["revision"] is None
-    pattern = rf"clip-demo-clip-l{DEMO_MODEL_LAYER}-e5-k3-lanczos-g0-h[0-9a-f]{{8}}-first2"
+    pattern = rf"clip-demo-clip-l{DEMO_MODEL_LAYER}-e5-k3-lanczos-g0-source75-h[0-9a-f]{{8}}-first2"
     assert re.fullmatch(pattern, summary["config_name"])
     assert (tmp_path / summary["config_name"] / "train-00000-of-00001.parquet").is_file()
     card = read_card(tmp_path)
@@ -257,7 +269,7 @@ def test_cli_run_dataset_with_columns(tmp_path, tiny_clip, capsys):
             "prompt", "--model", tiny_clip, "--layer-index", "0", "--grayscale", "7", "--output-dir", str(tmp_path / "out")]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert re.fullmatch(r"clip-tiny-clip\d*-l0-e5-k3-lanczos-g7-h[0-9a-f]{8}", summary["config_name"])
+    assert re.fullmatch(r"clip-tiny-clip\d*-l0-e5-k3-lanczos-g7-source75-h[0-9a-f]{8}", summary["config_name"])
     published = load_dataset(str(tmp_path / "out"), summary["config_name"], split="val")
     assert "picture" in published.column_names and "masked_image" not in published.column_names
 

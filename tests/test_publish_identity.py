@@ -1,6 +1,7 @@
 """Publishing never loses or mislabels a variant: unique names, names independent of the checkout, honest
 weights labels, and no file we did not write is ever overwritten."""
 
+import io
 import json
 import re
 import shutil
@@ -14,12 +15,21 @@ from hf_api_prompt.publishing.variants import VariantIndex
 from hf_api_prompt.sharded import run_sharded, work_key
 
 from conftest import make_local_clip
-from publish_fixtures import make_mmvet_like, tiny_built_variant
+from publish_fixtures import NOT_IDENTITY, independent_hash, make_mmvet_like, tiny_built_variant
 
+#: The paper's settings with today's defaults (images stored as JPEG q75 where the source is a JPEG, else PNG).
 PAPER = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
-#: Fields that are not part of the identity (docs/method.md: where it ran, the version, the column names).
-NOT_IDENTITY = {"device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
-                "status_column", "answer_column"}
+#: The image formats a variant can be stored in: PNG (lossless, no quality), JPEG and the source's kind, at some qualities.
+FORMATS = [dict(image_format="png")] + [dict(image_format=f, jpeg_quality=q) for f in ("jpeg", "source")
+                                        for q in (1, 7, 75, 90, 100)]
+
+
+def card_table(card) -> list:
+    """The variant table of a rendered card: one ``{column header: cell}`` per row."""
+    lines = [line[2:-2] for line in card.text.splitlines() if line.startswith("| ") and line.endswith(" |")]
+    header = lines[0].split(" | ")
+    assert header[0] == "config" and "images" in header, header
+    return [dict(zip(header, line.split(" | "))) for line in lines[1:]]
 
 
 # ------------------------------------------------------------------ 1. unique names
@@ -49,6 +59,12 @@ ONE_FIELD_CHANGES = [
     dict(max_new_tokens=7),
     dict(pretrained="/weights/a.pt", weights_sha256="1" * 64),
     dict(pretrained="/weights/a.pt", weights_sha256="2" * 64),
+    # The stored images (their pixels differ): PNG, JPEG, and the source's kind at other qualities.
+    dict(image_format="png"),
+    dict(image_format="jpeg"),
+    dict(image_format="jpeg", jpeg_quality=90),
+    dict(jpeg_quality=90),
+    dict(jpeg_quality=7),
 ]
 
 
@@ -64,7 +80,7 @@ def test_every_one_field_change_gives_another_name():
 @pytest.mark.parametrize("coe, spelled", [(5.000001, "e5p000001"), (5.0, "e5"), (2.5, "e2p5"), (2.50000001, "e2p50000001")])
 def test_enhance_coe_is_spelled_exactly(coe, spelled):
     # repr() is the shortest text that reads back as the same float; "." -> "p".
-    assert variant_name(PAPER.replace(enhance_coe=coe)) == f"clip-vit-l-14-336-l22-{spelled}-k3-lanczos-g0"
+    assert variant_name(PAPER.replace(enhance_coe=coe)) == f"clip-vit-l-14-336-l22-{spelled}-k3-lanczos-g0-source75"
 
 
 def test_every_identity_field_changes_the_name():
@@ -74,7 +90,23 @@ def test_every_identity_field_changes_the_name():
     changed = {f for change in ONE_FIELD_CHANGES for f in change}
     fields = {f.name for f in dataclasses.fields(PrompterConfig)} - NOT_IDENTITY
     assert fields <= changed | {"backend"}, fields - changed  # ONE_FIELD_CHANGES covers every identity field
+    assert {"image_format", "jpeg_quality"} <= fields  # they change the stored pixels
     assert variant_name(PAPER.replace(backend="llava", pretrained=None)) != variant_name(PAPER.replace(pretrained=None))
+
+
+@pytest.mark.parametrize("base", [
+    PAPER, PAPER.replace(geometry="aligned", prompt="crop"),
+    PrompterConfig(backend="clip", model="local-dir:/models/m", pretrained=None, layer_index=1, weights_sha256="ab" * 32),
+    PrompterConfig(backend="llava", model="llava-hf/llava-1.5-13b-hf", pretrained=None, layer_index=20, max_new_tokens=20),
+], ids=["paper", "aligned-crop", "local-clip", "llava"])
+def test_configs_differing_only_in_format_never_share_a_name(base):
+    configs = [base.replace(**fmt) for fmt in FORMATS]
+    names = [variant_name(c) for c in configs]
+    assert len(set(names)) == len(FORMATS), names
+    assert not re.search(r"-(png|jpeg|source)", names[0]), names[0]  # FORMATS[0]: PNG adds no part
+    for config, name in zip(configs[1:], names[1:]):  # the others are spelled in the readable part, not only in a hash
+        part = f"{config.image_format}{config.jpeg_quality}"  # before llava's t{tokens} and the hash
+        assert re.search(rf"-g0(-aligned-crop)?-{part}(-t20)?(-h[0-9a-f]{{8}})?$", name), name
 
 
 def test_open_clip_names_never_collide():
@@ -155,7 +187,7 @@ def test_weight_files_and_llava_folders_count_by_name_and_sha256():
     llava = PrompterConfig(backend="llava", model="/one/place/my-llava", pretrained=None, layer_index=1,
                            max_new_tokens=5, weights_sha256="e" * 64)
     assert variant_name(llava) == variant_name(llava.replace(model="/other/my-llava/"))
-    assert variant_name(llava).startswith("llava-my-llava-l1-e5-k3-lanczos-g0-t5-h")
+    assert variant_name(llava).startswith("llava-my-llava-l1-e5-k3-lanczos-g0-source75-t5-h")
 
 
 def test_local_weights_without_their_sha256_are_refused():
@@ -170,7 +202,7 @@ def test_llava_hub_variant_is_not_called_random():
     config = ImagePrompter("llava").config  # validated offline: nothing is downloaded or loaded
     name = variant_name(config)
     assert "random" not in name.split("-")
-    assert re.fullmatch(r"llava-llava-hf-llava-1-5-13b-hf-l20-e5-k3-lanczos-g0-t20-h[0-9a-f]{8}", name), name
+    assert re.fullmatch(r"llava-llava-hf-llava-1-5-13b-hf-l20-e5-k3-lanczos-g0-source75-t20-h[0-9a-f]{8}", name), name
     card = render_card(VariantIndex().upsert(tiny_built_variant(config).record), load_path="x", is_hub=True)
     row = next(line for line in card.text.splitlines() if line.startswith(f"| `{name}`"))
     cells = [c.strip() for c in row.split(" | ")]
@@ -186,64 +218,145 @@ def test_clip_without_weights_is_still_called_random():
     assert [c.strip() for c in row.split(" | ")][4] == "random"
 
 
+def jpeg_sources(rows):
+    """``rows`` with each image as the bytes of a JPEG file, as most benchmarks' photos are stored."""
+    def to_jpeg(row):
+        buffer = io.BytesIO()
+        row["image"].convert("RGB").save(buffer, format="JPEG", quality=95)
+        return {"image": {"bytes": buffer.getvalue(), "path": None}}
+
+    return rows.map(to_jpeg, features=rows.features)
+
+
+def jpeg_tables(quality: int) -> dict:
+    """The quantization tables Pillow writes at ``quality``: what identifies a JPEG's quality."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, format="JPEG", quality=quality)
+    return Image.open(buffer).quantization
+
+
+def test_the_card_says_how_each_variant_stores_its_images(tmp_path, tiny_clip):
+    """The card's "images" column says what the files hold; a maps dataset leaves it open, and a variant remasked from
+    it in a format is named as the direct run of that format would be."""
+    from datasets import Image as ImageFeature, load_dataset
+    from PIL import Image
+
+    from hf_api_prompt.publishing import publish_remask, publish_sweep
+    from hf_api_prompt.publishing.layout import read_card
+
+    rows = jpeg_sources(make_mmvet_like(2))
+    prompter = ImagePrompter("clip", model=tiny_clip, layer_index=1)
+    folder = tmp_path / "out"
+    [maps] = publish_sweep([prompter], custom_benchmark("in-memory", "test"), output_dir=folder, dataset=rows,
+                           preview_rows=0, maps_only=True)["variants"]
+    remask = dict(maps_config=maps["config_name"], output_dir=folder, preview_rows=0)
+    remasked = publish_remask(folder, **remask, image_format=["source", "png", "jpeg"])["variants"]
+    remasked += publish_remask(folder, **remask, image_format="jpeg", jpeg_quality=90)["variants"]
+    expected = [  # the direct run's config, the card's words, the stored format and JPEG quality
+        (prompter.config, "JPEG q75 for JPEG sources, else PNG", "JPEG", 75),  # the default, on JPEG sources
+        (prompter.config.replace(image_format="png"), "PNG", "PNG", None),
+        (prompter.config.replace(image_format="jpeg"), "JPEG q75", "JPEG", 75),
+        (prompter.config.replace(image_format="jpeg", jpeg_quality=90), "JPEG q90", "JPEG", 90),
+    ]
+    assert [v["config_name"] for v in remasked] == [variant_name(config) for config, *_ in expected]
+    table = {row["config"].strip("`"): row for row in card_table(read_card(folder))}
+    assert table[maps["config_name"]]["images"] == "open"
+    for variant, (_, words, stored_format, quality) in zip(remasked, expected):
+        name = variant["config_name"]
+        assert table[name]["images"] == words, name
+        stored = load_dataset(str(folder), name, split="test").cast_column("image", ImageFeature(decode=False))
+        for row, value in enumerate(stored["image"]):
+            image = Image.open(io.BytesIO(value["bytes"]))
+            assert image.format == stored_format, (name, row)
+            assert quality is None or image.quantization == jpeg_tables(quality), (name, row)
+
+
 # ------------------------------------------------------------------ 4. published names stay; backends name their part
 
 
-def _hash(config: PrompterConfig, **portable) -> str:
-    """The 8-hex hash of a name, computed here: sha256 of the sorted, compact JSON of the identity fields.
-
-    ``portable``: the fields as the checkout-independent config holds them (local weights by their name).
-    Fields that did not exist when these names were published (``prompt``) are left out at their default.
-    """
-    import hashlib
-
-    later = {"prompt": "mask"}
-    fields = {k: v for k, v in {**config.to_dict(), **portable}.items()
-              if k not in NOT_IDENTITY and not (k in later and v == later[k])}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
-
-
+# The configs of variants already published. Every version before the image format choice stored PNG, which
+# PrompterConfig.from_dict reads their records as: so they are pinned here with image_format="png".
 SHA = "ab" * 32
+PUBLISHED_PAPER = PAPER.replace(image_format="png")
 CLIP_LOCAL = PrompterConfig(backend="clip", model="local-dir:/models/My_Clip.v2/", pretrained=None, layer_index=1,
-                            weights_sha256=SHA)
-CLIP_HUB = PrompterConfig(backend="clip", model="hf-hub:timm/ViT-B-16-SigLIP", pretrained=None, layer_index=3)
+                            weights_sha256=SHA, image_format="png")
+CLIP_HUB = PrompterConfig(backend="clip", model="hf-hub:timm/ViT-B-16-SigLIP", pretrained=None, layer_index=3,
+                          image_format="png")
 CLIP_FILE = PrompterConfig(backend="clip", model="ViT-B-16", pretrained="/w/My.Weights.pt", layer_index=10,
-                           weights_sha256=SHA)
+                           weights_sha256=SHA, image_format="png")
 LLAVA_HUB = PrompterConfig(backend="llava", model="llava-hf/llava-1.5-13b-hf", pretrained=None, layer_index=20,
-                           max_new_tokens=20, answer_column="api_answer")
+                           max_new_tokens=20, answer_column="api_answer", image_format="png")
 LLAVA_LOCAL = PrompterConfig(backend="llava", model="/x/checkpoints/my_llava", pretrained=None, layer_index=1,
-                             max_new_tokens=5, answer_column="api_answer", weights_sha256=SHA, geometry="aligned")
+                             max_new_tokens=5, answer_column="api_answer", weights_sha256=SHA, geometry="aligned",
+                             image_format="png")
 
 
-@pytest.mark.parametrize("config, expected", [
-    # {backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{prompt}][-{own}][-h{hash}]
-    (PAPER, "clip-vit-l-14-336-l22-e5-k3-lanczos-g0"),  # the backend's default weights: no pretrained part
-    (PAPER.replace(model="ViT-B-16", pretrained="laion2b_s34b_b88k", layer_index=10),  # spelled exactly: no hash
-     "clip-vit-b-16-laion2b-s34b-b88k-l10-e5-k3-lanczos-g0"),
+@pytest.mark.parametrize("config, expected, before", [
+    # {backend}-{model}[-{pretrained}]-l{layer}-e{coe}-k{kernel}-{interpolation}-g{gray}[-{geometry}][-{prompt}][-{format}][-{own}][-h{hash}]
+    # ``before``: the name the code before the image format choice gave the config (commit dc6549a, run on it).
+    (PUBLISHED_PAPER, "clip-vit-l-14-336-l22-e5-k3-lanczos-g0",  # the backend's default weights: no pretrained part
+     "clip-vit-l-14-336-l22-e5-k3-lanczos-g0"),
+    (PUBLISHED_PAPER.replace(model="ViT-B-16", pretrained="laion2b_s34b_b88k", layer_index=10),  # spelled exactly: no hash
+     "clip-vit-b-16-laion2b-s34b-b88k-l10-e5-k3-lanczos-g0", "clip-vit-b-16-laion2b-s34b-b88k-l10-e5-k3-lanczos-g0"),
     # A local folder by its name (no pretrained part: the folder names the weights), identified by the hash.
-    (CLIP_LOCAL, "clip-my-clip-v2-l1-e5-k3-lanczos-g0-h" + _hash(CLIP_LOCAL, model="local-dir:My_Clip.v2")),
-    (CLIP_HUB, "clip-timm-vit-b-16-siglip-l3-e5-k3-lanczos-g0-h" + _hash(CLIP_HUB)),  # "/" is lost: hash
+    (CLIP_LOCAL, "clip-my-clip-v2-l1-e5-k3-lanczos-g0-h" + independent_hash(CLIP_LOCAL, model="local-dir:My_Clip.v2"),
+     "clip-my-clip-v2-l1-e5-k3-lanczos-g0-h3993badb"),
+    (CLIP_HUB, "clip-timm-vit-b-16-siglip-l3-e5-k3-lanczos-g0-h" + independent_hash(CLIP_HUB),  # "/" is lost: hash
+     "clip-timm-vit-b-16-siglip-l3-e5-k3-lanczos-g0-h4d33829b"),
     # A weights file by its name without the extension; its sha256 is in the hash.
-    (CLIP_FILE, "clip-vit-b-16-my-weights-l10-e5-k3-lanczos-g0-h" + _hash(CLIP_FILE, pretrained="My.Weights.pt")),
-    (LLAVA_HUB, "llava-llava-hf-llava-1-5-13b-hf-l20-e5-k3-lanczos-g0-t20-h" + _hash(LLAVA_HUB)),  # "/" is lost
-    (LLAVA_LOCAL, "llava-my-llava-l1-e5-k3-lanczos-g0-aligned-t5-h" + _hash(LLAVA_LOCAL, model="local-dir:my_llava")),
+    (CLIP_FILE, "clip-vit-b-16-my-weights-l10-e5-k3-lanczos-g0-h" + independent_hash(CLIP_FILE, pretrained="My.Weights.pt"),
+     "clip-vit-b-16-my-weights-l10-e5-k3-lanczos-g0-ha47b9845"),
+    (LLAVA_HUB, "llava-llava-hf-llava-1-5-13b-hf-l20-e5-k3-lanczos-g0-t20-h" + independent_hash(LLAVA_HUB),  # "/" is lost
+     "llava-llava-hf-llava-1-5-13b-hf-l20-e5-k3-lanczos-g0-t20-hd8e2188d"),
+    (LLAVA_LOCAL, "llava-my-llava-l1-e5-k3-lanczos-g0-aligned-t5-h" + independent_hash(LLAVA_LOCAL, model="local-dir:my_llava"),
+     "llava-my-llava-l1-e5-k3-lanczos-g0-aligned-t5-h849b02ab"),
 ])
-def test_published_names_are_pinned(config, expected):
+def test_published_names_are_pinned(config, expected, before):
     """Names already published must never change: each one spelled out here from the documented scheme."""
     # The version before the prompt field named the local folder so (its code, run on this config):
     assert variant_name(CLIP_LOCAL) == "clip-my-clip-v2-l1-e5-k3-lanczos-g0-h3993badb"
-    assert variant_name(config) == expected
+    assert variant_name(config) == expected == before
     assert variant_name(config, first_rows=3) == expected + "-first3"
     # Column names are no part of the identity, llava's answer column included.
     renamed = config.replace(image_column="img", heatmap_column="hm", answer_column=config.answer_column and "answer")
     assert variant_name(renamed) == expected
 
 
+#: ``CLIP_LOCAL``'s record as a version before the image format choice wrote it in ``api_variants.json``:
+#: every field of that version (no ``image_format``, no ``jpeg_quality``), the folder by its name.
+OLDER_RECORD_PROMPTER = {
+    "answer_column": None, "backend": "clip", "device": None, "dtype": None, "enhance_coe": 5.0, "geometry": "paper",
+    "grayscale": 0, "heatmap_column": "heatmap", "image_column": "image", "interpolation": "LANCZOS", "kernel_size": 3,
+    "layer_index": 1, "library_version": "0.1.0", "masked_image_column": "masked_image", "max_new_tokens": None,
+    "model": "local-dir:My_Clip.v2", "on_error": "raise", "pretrained": None, "prompt": "mask",
+    "question_column": "question", "status_column": "api_status", "weights_sha256": SHA,
+}
+
+
+def test_a_record_written_before_the_format_choice_reads_back_as_png_and_keeps_its_name():
+    config = PrompterConfig.from_dict(OLDER_RECORD_PROMPTER)
+    assert (config.image_format, config.jpeg_quality) == ("png", None)  # what that version stored
+    assert variant_name(config) == "clip-my-clip-v2-l1-e5-k3-lanczos-g0-h3993badb"  # its published name
+    # Read with today's defaults instead, it would claim another storage and take another name:
+    assert variant_name(PrompterConfig(**OLDER_RECORD_PROMPTER)) == (
+        "clip-my-clip-v2-l1-e5-k3-lanczos-g0-source75-h" + independent_hash(config.replace(image_format="source")))
+    # Through api_variants.json, as the card and publishing read it:
+    record = tiny_built_variant(config).record
+    record.prompter = OLDER_RECORD_PROMPTER
+    index = VariantIndex.from_json(VariantIndex().upsert(record).to_json())
+    assert index.names() == ["clip-my-clip-v2-l1-e5-k3-lanczos-g0-h3993badb"]
+    assert index[index.names()[0]].config == config
+    [row] = card_table(render_card(index, load_path="x", is_hub=True))
+    assert row["images"] == "PNG"
+
+
 def test_card_lists_the_backend_options_that_change_the_masks():
     card = render_card(VariantIndex().upsert(tiny_built_variant(LLAVA_HUB.replace(dtype="bf16")).record),
                        load_path="x", is_hub=True)
-    row = next(line for line in card.text.splitlines() if line.startswith("| `llava-"))
-    assert [c.strip() for c in row.split(" | ")][11] == "max_new_tokens=20, dtype=bfloat16"  # not the answer column
+    [row] = card_table(card)
+    assert row["other"] == "max_new_tokens=20, dtype=bfloat16"  # not the answer column
 
 
 @pytest.fixture()
@@ -266,18 +379,16 @@ def fake_backend():
 def test_a_new_backend_needs_no_publishing_change(fake_backend):
     config = ImagePrompter("fake").config
     assert config == PrompterConfig(backend="fake", model="Fake_Net-1", pretrained="v1", layer_index=4)
-    assert variant_name(config) == "fake-fake-net-1-l4-e5-k3-lanczos-g0"  # its default weights: no pretrained part
+    assert variant_name(config) == "fake-fake-net-1-l4-e5-k3-lanczos-g0-source75"  # its default weights: no pretrained part
     other = config.replace(pretrained="v2", geometry="aligned")
-    assert variant_name(other) == "fake-fake-net-1-v2-l4-e5-k3-lanczos-g0-aligned"
+    assert variant_name(other) == "fake-fake-net-1-v2-l4-e5-k3-lanczos-g0-aligned-source75"
     half = config.replace(dtype="fp16")
-    assert variant_name(half) == "fake-fake-net-1-l4-e5-k3-lanczos-g0-h" + _hash(half)
+    assert variant_name(half) == "fake-fake-net-1-l4-e5-k3-lanczos-g0-source75-h" + independent_hash(half)
     assert variant_name(config.replace(question_column="q", masked_image_column="m")) == variant_name(config)
     built = tiny_built_variant(config.replace(on_error="passthrough"))
-    card = render_card(VariantIndex().upsert(built.record), load_path="x", is_hub=True)
-    row = next(line for line in card.text.splitlines() if line.startswith(f"| `{built.config_name}`"))
-    cells = [c.strip() for c in row.split(" | ")]
-    assert cells[2:5] == ["fake", "`Fake_Net-1`", "`v1`"]  # backend, model, weights
-    assert cells[11] == "on_error=passthrough"  # other
+    [row] = card_table(render_card(VariantIndex().upsert(built.record), load_path="x", is_hub=True))
+    assert [row[c] for c in ("config", "backend", "model", "weights", "images", "other")] == [
+        f"`{built.config_name}`", "fake", "`Fake_Net-1`", "`v1`", "JPEG q75 for JPEG sources, else PNG", "on_error=passthrough"]
 
 
 @pytest.mark.parametrize("option, value", [("max_new_tokens", 5), ("answer_column", "answer")])

@@ -44,7 +44,7 @@ def publish_variant(prompter: ImagePrompter, benchmark: Benchmark, **options) ->
         >>> prompter = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2)
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     result = publish_variant(prompter, custom_benchmark(None), output_dir=folder, limit=2)
-        >>> result["num_rows"], result["config_name"].startswith("clip-demo-clip-l2-e5-k3-lanczos-g0-h")
+        >>> result["num_rows"], result["config_name"].startswith("clip-demo-clip-l2-e5-k3-lanczos-g0-source75-h")
         (2, True)
         >>> result["config_name"].endswith("-first2")
         True

@@ -10,10 +10,12 @@ in a repo live in ``api_variants.json``, from which the card's table is rendered
 Example:
     >>> from hf_api_prompt import PrompterConfig
     >>> paper = PrompterConfig(backend="clip", model="ViT-L-14-336", pretrained="openai", layer_index=22)
-    >>> variant_name(paper)
+    >>> variant_name(paper)  # stored as JPEG q75 where the source is a JPEG, else PNG
+    'clip-vit-l-14-336-l22-e5-k3-lanczos-g0-source75'
+    >>> variant_name(paper.replace(geometry="aligned", enhance_coe=2.5, image_format="jpeg", jpeg_quality=90))
+    'clip-vit-l-14-336-l22-e2p5-k3-lanczos-g0-aligned-jpeg90'
+    >>> variant_name(paper.replace(image_format="png"))  # PNG, as every variant before the format choice
     'clip-vit-l-14-336-l22-e5-k3-lanczos-g0'
-    >>> variant_name(paper.replace(geometry="aligned", enhance_coe=2.5))
-    'clip-vit-l-14-336-l22-e2p5-k3-lanczos-g0-aligned'
     >>> variant_tag("clip-vit-l-14-336-l22-e5-k3-lanczos-g0", "0.1.0")
     'clip-vit-l-14-336-l22-e5-k3-lanczos-g0-v0.1.0'
 """
@@ -120,7 +122,7 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     Example:
         >>> cfg = PrompterConfig(backend="clip", model="local-dir:/tmp/m", pretrained=None, layer_index=2,
         ...                      weights_sha256="ab" * 64)
-        >>> variant_name(cfg).startswith("clip-m-l2-e5-k3-lanczos-g0-h")
+        >>> variant_name(cfg).startswith("clip-m-l2-e5-k3-lanczos-g0-source75-h")
         True
         >>> variant_name(cfg) == variant_name(cfg.replace(model="local-dir:/elsewhere/m/"))  # same weights
         True
