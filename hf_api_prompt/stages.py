@@ -41,6 +41,10 @@ from .prompter import ImagePrompter, _BatchFunction, _Rows, encode_images, grid_
 MAPS_CONFIG_COLUMN = "api_maps_config"
 #: Per row, the grid box of the image (``geometry="aligned"``), or ``None`` when the backend has none.
 BOX_COLUMN = "api_grid_box"
+#: Per row, the source image's format as decoded for the model (``"JPEG"``, ``"PNG"``, ...; ``None`` for an image
+#: made in memory), for ``image_format="source"``: a reader that decodes the image column may lose it (``datasets``
+#: drops it from a JPEG it turns upright by its EXIF orientation). Maps made before this column read it from the bytes.
+FORMAT_COLUMN = "api_source_format"
 #: Config fields a maps dataset leaves open: which of its layers, the recipe, the prompt and the output columns.
 OPEN_FIELDS = ("layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale", "geometry", "prompt",
                "image_format", "jpeg_quality", "masked_image_column", "heatmap_column")
@@ -101,7 +105,7 @@ def combinations(params: Dict[str, Any]) -> List[Dict[str, Any]]:
 class MapsPrompter(_BatchFunction):
     """Stage 1 as a ``datasets.map`` function: the raw maps of several layers from one model pass.
 
-    Adds :data:`MAPS_CONFIG_COLUMN`, :data:`BOX_COLUMN`, one ``Array2D`` column per
+    Adds :data:`MAPS_CONFIG_COLUMN`, :data:`BOX_COLUMN`, :data:`FORMAT_COLUMN`, one ``Array2D`` column per
     raw map and layer (:func:`maps_column`), the backend's own columns and, with
     ``on_error="passthrough"``, the status column. Bad rows follow the prompter's
     policy; their maps are ``None``.
@@ -179,7 +183,8 @@ class MapsPrompter(_BatchFunction):
 
         backend = get_backend(self.config.backend)
         grid = self.grid_shape
-        columns: Dict[str, Any] = {MAPS_CONFIG_COLUMN: Value("string"), BOX_COLUMN: SequenceFeature(Value("float64"), length=4)}
+        columns: Dict[str, Any] = {MAPS_CONFIG_COLUMN: Value("string"), BOX_COLUMN: SequenceFeature(Value("float64"), length=4),
+                                   FORMAT_COLUMN: Value("string")}
         for layer in self.layers:
             for name in backend.map_names:
                 columns[maps_column(name, layer)] = Array2D(grid, "float32")
@@ -203,6 +208,7 @@ class MapsPrompter(_BatchFunction):
 
     def _fill(self, rows: _Rows, columns: Dict[str, list], rank: Optional[int]):
         columns[MAPS_CONFIG_COLUMN] = [self.to_json()] * len(rows.status)
+        columns[FORMAT_COLUMN] = list(rows.formats)
         good = rows.good
         if not good:
             return
@@ -238,7 +244,7 @@ def maps_prompter_of(dataset) -> MapsPrompter:
 def maps_columns(maps_prompter: MapsPrompter) -> List[str]:
     """The columns a maps run adds that a remasked variant does not keep."""
     backend = get_backend(maps_prompter.config.backend)
-    return [MAPS_CONFIG_COLUMN, BOX_COLUMN] + [maps_column(n, l) for l in maps_prompter.layers for n in backend.map_names]
+    return [MAPS_CONFIG_COLUMN, BOX_COLUMN, FORMAT_COLUMN] + [maps_column(n, l) for l in maps_prompter.layers for n in backend.map_names]
 
 
 def masked_image_from_row(row: Dict[str, Any], config: PrompterConfig):
@@ -262,7 +268,8 @@ def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int) 
     layer = {name: batch[maps_column(name, config.layer_index)] for name in names}
     decoded = parallel.thread_map(lambda value: (None, None) if value is None else decode_image(value),
                                   batch[config.image_column], threads)
-    images, formats = [d[0] for d in decoded], [d[1] for d in decoded]
+    images = [d[0] for d in decoded]
+    formats = batch[FORMAT_COLUMN] if FORMAT_COLUMN in batch else [d[1] for d in decoded]
     grids: List[Any] = [None] * len(images)
     good = [i for i, image in enumerate(images) if image is not None and all(layer[n][i] is not None for n in names)]
     if good:
@@ -318,7 +325,8 @@ def remask(maps_dataset, prompter: ImagePrompter, *, batch_size: int = 8, maps_p
     maps_prompter = maps_prompter or maps_prompter_of(maps_dataset)
     check_remask(maps_prompter, prompter)
     config = prompter.config
-    extra = maps_columns(maps_prompter)
+    # Maps made before FORMAT_COLUMN existed lack it; the format is then read from the image bytes.
+    extra = [c for c in maps_columns(maps_prompter) if c != FORMAT_COLUMN or c in maps_dataset.column_names]
     missing = [c for c in extra + [config.image_column] if c not in maps_dataset.column_names]
     if missing:
         raise ValueError(f"the maps dataset lacks the columns {missing}")
@@ -342,5 +350,5 @@ def remask(maps_dataset, prompter: ImagePrompter, *, batch_size: int = 8, maps_p
     return remasked.select_columns(source_columns + list(outputs))
 
 
-__all__ = ["MAPS_CONFIG_COLUMN", "BOX_COLUMN", "MapsPrompter", "check_remask", "maps_base", "maps_column",
+__all__ = ["MAPS_CONFIG_COLUMN", "BOX_COLUMN", "FORMAT_COLUMN", "MapsPrompter", "check_remask", "maps_base", "maps_column",
            "maps_prompter_of", "masked_image_from_row", "remask", "sweep"]

@@ -441,3 +441,28 @@ def test_construction_does_not_load_model(tiny_clip, monkeypatch):
     monkeypatch.setattr(open_clip, "create_model_and_transforms", forbidden)
     prompter = ImagePrompter("clip", model=tiny_clip, layer_index=1)
     assert prompter.grid_shape == (8, 8)
+
+
+# image_format and jpeg_quality
+def test_config_defaults_and_validation():
+    assert (cfg().image_format, cfg().jpeg_quality) == ("source", 75)
+    assert cfg(image_format="jpeg").jpeg_quality == 75
+    assert cfg(image_format="jpeg", jpeg_quality=1).jpeg_quality == 1
+    assert cfg(image_format="png").jpeg_quality is None
+    with pytest.raises(ValueError, match="jpeg_quality=80 has no meaning with image_format='png'"):
+        cfg(image_format="png", jpeg_quality=80)
+    for quality in (0, 101, 75.0, True, "75"):
+        with pytest.raises(ValueError, match=r"jpeg_quality must be an int in \[1, 100\]"):
+            cfg(image_format="source", jpeg_quality=quality)
+    for image_format in ("webp", "PNG", None):
+        with pytest.raises(ValueError, match="image_format must be one of"):
+            cfg(image_format=image_format)
+
+
+def test_config_of_an_earlier_version_is_png():
+    earlier = cfg().to_dict()
+    del earlier["image_format"], earlier["jpeg_quality"]
+    config = PrompterConfig.from_dict(earlier)
+    assert (config.image_format, config.jpeg_quality) == ("png", None)
+    current = cfg(image_format="jpeg", jpeg_quality=90)
+    assert PrompterConfig.from_json(current.to_json()) == current

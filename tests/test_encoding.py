@@ -15,7 +15,7 @@ import pytest
 from datasets import Dataset, Features, Image as ImageFeature, Value
 from PIL import Image
 
-from hf_api_prompt import ImagePrompter, PrompterConfig, parallel
+from hf_api_prompt import ImagePrompter, parallel
 from hf_api_prompt.bundled import DEMO_MODEL
 from hf_api_prompt.inputs import open_image
 from hf_api_prompt.stages import MapsPrompter, masked_image_from_row, remask
@@ -259,42 +259,6 @@ def test_num_proc_workers_share_the_cores(clean_env):
     assert len(set(out["pid"])) == 2 and os.getpid() not in out["pid"]
 
 
-# ------------------------------------------------------------------------------------ config
-BASE = dict(backend="clip", model="m", pretrained=None, layer_index=0)
-
-
-def test_config_defaults_and_validation():
-    assert (PrompterConfig(**BASE).image_format, PrompterConfig(**BASE).jpeg_quality) == ("source", 75)
-    assert PrompterConfig(**BASE, image_format="jpeg").jpeg_quality == 75
-    assert PrompterConfig(**BASE, image_format="jpeg", jpeg_quality=1).jpeg_quality == 1
-    assert PrompterConfig(**BASE, image_format="png").jpeg_quality is None
-    with pytest.raises(ValueError, match="jpeg_quality=80 has no meaning with image_format='png'"):
-        PrompterConfig(**BASE, image_format="png", jpeg_quality=80)
-    for quality in (0, 101, 75.0, True, "75"):
-        with pytest.raises(ValueError, match=r"jpeg_quality must be an int in \[1, 100\]"):
-            PrompterConfig(**BASE, image_format="source", jpeg_quality=quality)
-    for image_format in ("webp", "PNG", None):
-        with pytest.raises(ValueError, match="image_format must be one of"):
-            PrompterConfig(**BASE, image_format=image_format)
-
-
-def test_config_of_an_earlier_version_is_png():
-    earlier = PrompterConfig(**BASE).to_dict()
-    del earlier["image_format"], earlier["jpeg_quality"]
-    config = PrompterConfig.from_dict(earlier)
-    assert (config.image_format, config.jpeg_quality) == ("png", None)
-    current = PrompterConfig(**BASE, image_format="jpeg", jpeg_quality=90)
-    assert PrompterConfig.from_json(current.to_json()) == current
-
-
-def test_replace_to_png_clears_the_filled_quality():
-    config = PrompterConfig(**BASE, image_format="jpeg", jpeg_quality=90)
-    assert (config.replace(image_format="png").image_format, config.replace(image_format="png").jpeg_quality) == ("png", None)
-    assert config.replace(image_format="source").jpeg_quality == 90  # a JPEG-storing format keeps it
-    with pytest.raises(ValueError, match="no meaning with image_format='png'"):
-        config.replace(image_format="png", jpeg_quality=90)  # asked for explicitly: still an error
-
-
 # ------------------------------------------------------------------------------------ remasking
 #: The dataset's sources: JPEG, PNG, JPEG (indices into SOURCES and STORED's tuples).
 DATASET_SOURCES = (0, 1, 0)
@@ -336,4 +300,25 @@ def test_masked_image_from_row_is_the_materialized_row(maps, source_dataset, ima
         shown = masked_image_from_row(maps_dataset[row], config)
         stored = variant[row]["masked_image"]
         assert stored.format == "JPEG"
+        np.testing.assert_array_equal(pixels(shown), pixels(stored), err_msg=f"row {row}")
+
+
+def test_a_jpeg_that_datasets_turns_upright_keeps_its_format_through_the_maps(make):
+    """datasets decodes a JPEG with an EXIF orientation into an upright copy that has no format any more;
+    the maps record the source's format, so the on-the-fly masking of such a doc still shows the stored JPEG."""
+    exif = Image.Exif()
+    exif[Image.ExifTags.Base.Orientation] = 6  # display = stored turned 90 degrees clockwise
+    rotated = {"bytes": encoded(photo((60, 40), 4), "JPEG", quality=90, exif=exif.tobytes()), "path": None}
+    features = Features({"image": ImageFeature(), "question": Value("string")})
+    source = Dataset.from_dict({"image": [rotated, JPEG_SOURCE], "question": QUESTIONS[:2]}, features=features)
+    assert source[0]["image"].format is None and source[0]["image"].size == (40, 60)  # what a decoding reader gets
+    maps_prompter = MapsPrompter(make().config, [LAYER])
+    maps_dataset = maps_prompter.map(source, batch_size=2)
+    assert maps_dataset["api_source_format"] == ["JPEG", "JPEG"]
+    prompter = maps_prompter.prompter()  # image_format="source"
+    variant = remask(maps_dataset, prompter, batch_size=2)
+    for row in range(2):
+        stored = variant[row]["masked_image"]
+        assert stored.format == "JPEG"
+        shown = masked_image_from_row(maps_dataset[row], prompter.config)  # the doc as lmms-eval decodes it
         np.testing.assert_array_equal(pixels(shown), pixels(stored), err_msg=f"row {row}")
