@@ -16,7 +16,7 @@ Example (the bundled model, two layers, 2 x 2 x 2 = 8 variants from one pass):
     >>> [maps_prompter] = MapsPrompter.for_prompters(prompters)
     >>> maps = maps_prompter.map(ds)              # the model runs here, once
     >>> maps_prompter.layers, [c for c in maps.column_names if c.startswith("api_")][:3]
-    ((1, 2), ['api_maps_config', 'api_grid_box', 'api_attention_l1'])
+    ((1, 2), ['api_maps_config', 'api_grid_box', 'api_source_format'])
     >>> variant = remask(maps, prompters[0])       # no model
     >>> variant.column_names
     ['image', 'question', 'masked_image', 'heatmap']
