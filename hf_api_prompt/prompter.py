@@ -293,27 +293,37 @@ class ImagePrompter(_BatchFunction):
         """
         return dict(_declared_outputs(self.config, self.grid_shape))
 
-    def prompt(self, images: Sequence[Any], questions: Sequence[str], rank: Optional[int] = None) -> "PromptedBatch":
-        """The three stages for decoded images and questions: maps (model), recipe, prompt."""
+    def prompt(self, images: Sequence[Any], questions: Sequence[str], rank: Optional[int] = None,
+               source_formats: Optional[Sequence[Optional[str]]] = None) -> "PromptedBatch":
+        """The three stages for decoded images and questions: maps (model), recipe, prompt.
+
+        With ``source_formats`` (each image's source format), the prompted images are also
+        encoded for storing (``Prompted.stored``).
+        """
         config = self.config
         raw = self.backend(rank).maps(images, questions, [config.layer_index])
         self._check_extra(raw.extra_columns)
         grid = grid_masks(config, raw.layers[config.layer_index])
-        prompted = prompts.apply_prompt(config, images, grid, raw.boxes, threads=self.threads)
+        prompted = prompts.apply_prompt(config, images, grid, raw.boxes, threads=self.threads, source_formats=source_formats)
         return PromptedBatch(grid, prompted, raw.extra_columns)
 
     def _fill(self, rows: _Rows, columns: Dict[str, list], rank: Optional[int]):
         config = self.config
-        out = list(rows.images)  # bad rows pass through unmasked
         good = rows.good
+        # Bad rows pass through unmasked (None without an image), stored in the same format.
+        bad = [i for i in range(len(rows.images)) if i not in set(good)]
+        stored = [None] * len(rows.images)
+        for i, value in zip(bad, encode_images(config, [rows.images[i] for i in bad], [rows.formats[i] for i in bad], self.threads)):
+            stored[i] = value
         if good:
-            batch = self.prompt([rows.images[i] for i in good], [rows.questions[i] for i in good], rank)
+            batch = self.prompt([rows.images[i] for i in good], [rows.questions[i] for i in good], rank,
+                                source_formats=[rows.formats[i] for i in good])
             for slot, i in enumerate(good):
-                out[i] = batch.prompted[slot].image
+                stored[i] = batch.prompted[slot].stored
                 columns[config.heatmap_column][i] = batch.grid_masks[slot]
                 for name, values in batch.extra_columns.items():
                     columns[name][i] = values[slot]
-        columns[config.masked_image_column] = encode_images(config, out, rows.formats, self.threads)
+        columns[config.masked_image_column] = stored
 
 
 @dataclasses.dataclass

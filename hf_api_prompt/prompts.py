@@ -21,12 +21,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from . import masks, parallel
+from . import encoding, masks, parallel
 from .config import GEOMETRIES, PrompterConfig
 
 Box = masks.Box
@@ -39,10 +39,13 @@ class Prompted:
     Attributes:
         image: the prompted RGB image, the input's size.
         weights: mode ``"L"`` image of the input's size: how much of each pixel is kept (255: all).
+        stored: ``image`` encoded as the config's ``image_format`` says (:func:`hf_api_prompt.encoding.encode`),
+            when :func:`apply_prompt` was given the source formats; else ``None``.
     """
 
     image: Image.Image
     weights: Image.Image
+    stored: Optional[Dict[str, Any]] = None
 
 
 PromptStyle = Callable[[Image.Image, np.ndarray, Optional[Box], PrompterConfig], Prompted]
@@ -87,12 +90,16 @@ def apply_prompt(
     grid_masks: np.ndarray,
     boxes: Sequence[Optional[Box]],
     threads: int = 1,
+    source_formats: Optional[Sequence[Optional[str]]] = None,
 ) -> List[Prompted]:
     """Prompt each image with its grid mask ``[B, gh, gw]`` in [0, 1], in the style ``config.prompt``.
 
     Args:
         boxes: the backend's grid box of each image; used only with ``geometry="aligned"``.
         threads: the images are prompted on this many threads (:func:`hf_api_prompt.parallel.thread_map`).
+        source_formats: each source's format; when given, each image is also encoded (``Prompted.stored``)
+            in the same task, so that one thread's encoding (Pillow's encoders hold the GIL) overlaps
+            another's resizing and blending (which release it).
 
     Raises:
         ValueError: ``geometry="aligned"`` for an image whose box is unknown.
@@ -103,4 +110,13 @@ def apply_prompt(
     use = boxes if config.geometry == "aligned" else [None] * len(images)
     grid_u8 = masks.mask_to_uint8(grid_masks)
     style = _STYLES[config.prompt]
-    return parallel.thread_map(lambda args: style(*args, config), list(zip(images, grid_u8, use)), threads)
+    formats = [None] * len(images) if source_formats is None else list(source_formats)
+
+    def one(args) -> Prompted:
+        image, grid, box, source_format = args
+        prompted = style(image, grid, box, config)
+        if source_formats is not None:
+            prompted.stored = encoding.encode(prompted.image, config, source_format)
+        return prompted
+
+    return parallel.thread_map(one, list(zip(images, grid_u8, use, formats)), threads)

@@ -255,14 +255,15 @@ def masked_image_from_row(row: Dict[str, Any], config: PrompterConfig):
     This is what :func:`remask` writes (decoded as stored: a lossy ``image_format`` shows its
     losses), and what lmms-eval's on-the-fly masking shows the model.
     """
-    masked, _, formats = _remask_batch({name: [value] for name, value in row.items()}, config, threads=1)
+    masked, _, formats = _remask_batch({name: [value] for name, value in row.items()}, config, threads=1, store=False)
     return None if masked[0] is None else encoding.as_stored(masked[0], config, formats[0])
 
 
-def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int) -> Tuple[list, list, list]:
-    """``(prompted images, grid masks, source formats)`` of a maps batch: one recipe and one prompt call over its rows with maps.
+def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, store: bool = True) -> Tuple[list, list, list]:
+    """``(images, grid masks, source formats)`` of a maps batch: one recipe and one prompt call over its rows with maps.
 
-    A row without maps (passed through) keeps its image unmasked (``None`` without one) and has no grid mask.
+    The images are the prompted ones, encoded for storing (``store``) or as PIL images. A row without
+    maps (passed through) keeps its image unmasked (``None`` without one) and has no grid mask.
     """
     names = get_backend(config.backend).map_names
     layer = {name: batch[maps_column(name, config.layer_index)] for name in names}
@@ -272,13 +273,19 @@ def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int) 
     formats = batch[FORMAT_COLUMN] if FORMAT_COLUMN in batch else [d[1] for d in decoded]
     grids: List[Any] = [None] * len(images)
     good = [i for i, image in enumerate(images) if image is not None and all(layer[n][i] is not None for n in names)]
+    out = list(images)
+    if store:  # the rows passed through
+        rest = [i for i in range(len(images)) if i not in set(good)]
+        for i, value in zip(rest, encode_images(config, [images[i] for i in rest], [formats[i] for i in rest], threads)):
+            out[i] = value
     if good:
         grid = grid_masks(config, {n: np.stack([np.asarray(layer[n][i], dtype=np.float32) for i in good]) for n in names})
         boxes = [None if batch[BOX_COLUMN][i] is None else tuple(batch[BOX_COLUMN][i]) for i in good]
-        prompted = prompts.apply_prompt(config, [images[i] for i in good], grid, boxes, threads=threads)
+        prompted = prompts.apply_prompt(config, [images[i] for i in good], grid, boxes, threads=threads,
+                                        source_formats=[formats[i] for i in good] if store else None)
         for slot, i in enumerate(good):
-            images[i], grids[i] = prompted[slot].image, grid[slot]
-    return images, grids, formats
+            out[i], grids[i] = prompted[slot].stored if store else prompted[slot].image, grid[slot]
+    return out, grids, formats
 
 
 class _Remask:
@@ -294,10 +301,8 @@ class _Remask:
         self.config = PrompterConfig.from_json(state["config"])
 
     def __call__(self, batch) -> Dict[str, list]:
-        threads = parallel.default_threads()
-        masked, heatmaps, formats = _remask_batch(batch, self.config, threads)
-        return {self.config.masked_image_column: encode_images(self.config, masked, formats, threads),
-                self.config.heatmap_column: heatmaps}
+        masked, heatmaps, _ = _remask_batch(batch, self.config, parallel.default_threads())
+        return {self.config.masked_image_column: masked, self.config.heatmap_column: heatmaps}
 
 
 def check_remask(maps_prompter: MapsPrompter, prompter: ImagePrompter):

@@ -343,50 +343,55 @@ def report(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         ok = value >= target if op == ">=" else value <= target
         checks.append({"check": name, "value": value, "op": op, "target": target, "result": "PASS" if ok else "FAIL"})
 
-    work = result["image_work"]
-    print(f"\n1. image work per row, one thread, {work['size'][0]}x{work['size'][1]} photo-like JPEG ({work['source_bytes']:,} bytes)")
-    common = sum(work["stages_seconds"].values())
-    for name, seconds in work["stages_seconds"].items():
-        print(f"   {name:<34}{ms(seconds)} ms")
-    print(f"   {'format':<34}{'encode ms':>9}{'total ms':>10}{'bytes':>11}{'/ source':>9}")
-    for name, numbers in work["encode"].items():
-        total = common + numbers["seconds"]
-        print(f"   {name:<34}{ms(numbers['seconds'])}{ms(total):>10}{numbers['bytes']:>11,}{numbers['bytes'] / work['source_bytes']:>9.2f}")
     default = FORMATS[0][0]
-    check("1 thread image work per row, default format (ms)", (common + work["encode"][default]["seconds"]) * 1000, "<=", 100.0)
-    pool = work["pool_seconds"]
-    print(f"   pool, whole image work of {work['pool_rows']} rows (default format): 1 thread {pool[1]:.3f} s, "
-          f"2 threads {pool[2]:.3f} s: {pool[1] / pool[2]:.2f}x")
-    check("image pool scaling, 2 threads / 1", pool[1] / pool[2], ">=", 1.7)
+    if "image_work" in result:
+        work = result["image_work"]
+        print(f"\n1. image work per row, one thread, {work['size'][0]}x{work['size'][1]} photo-like JPEG ({work['source_bytes']:,} bytes)")
+        common = sum(work["stages_seconds"].values())
+        for name, seconds in work["stages_seconds"].items():
+            print(f"   {name:<34}{ms(seconds)} ms")
+        print(f"   {'format':<34}{'encode ms':>9}{'total ms':>10}{'bytes':>11}{'/ source':>9}")
+        for name, numbers in work["encode"].items():
+            total = common + numbers["seconds"]
+            print(f"   {name:<34}{ms(numbers['seconds'])}{ms(total):>10}{numbers['bytes']:>11,}{numbers['bytes'] / work['source_bytes']:>9.2f}")
+        check("1 thread image work per row, default format (ms)", (common + work["encode"][default]["seconds"]) * 1000, "<=", 100.0)
+        pool = work["pool_seconds"]
+        print(f"   pool, whole image work of {work['pool_rows']} rows (default format): 1 thread {pool[1]:.3f} s, "
+              f"2 threads {pool[2]:.3f} s: {pool[1] / pool[2]:.2f}x")
+        check("image pool scaling, 2 threads / 1", pool[1] / pool[2], ">=", 1.7)
 
-    bare = result["bundled_vs_bare"]
-    ratio = bare["bare_seconds"] / bare["prompter_seconds"]
-    print(f"\n2. bundled model, {bare['rows']} rows of the 1024 set: prompter.map {ms(bare['prompter_seconds'], bare['rows'])} ms/row "
-          f"({bare['threads']} image threads), bare decode + JPEG map {ms(bare['bare_seconds'], bare['rows'])} ms/row (1 thread): "
-          f"rows/s ratio {ratio:.2f}")
-    check("bundled prompter.map / bare decode+JPEG map, rows/s", ratio, ">=", 0.5)
+    if "bundled_vs_bare" in result:
+        bare = result["bundled_vs_bare"]
+        ratio = bare["bare_seconds"] / bare["prompter_seconds"]
+        print(f"\n2. bundled model, {bare['rows']} rows of the 1024 set: prompter.map {ms(bare['prompter_seconds'], bare['rows'])} ms/row "
+              f"({bare['threads']} image threads), bare decode + JPEG map {ms(bare['bare_seconds'], bare['rows'])} ms/row (1 thread): "
+              f"rows/s ratio {ratio:.2f}")
+        check("bundled prompter.map / bare decode+JPEG map, rows/s", ratio, ">=", 0.5)
 
-    vit = result["vit_b16"]
-    print(f"\n3. ViT-B-16 random weights, batch {vit['batch_size']}, {vit['rows']} rows of the 1024 set, torch threads "
-          f"{torch.get_num_threads()}: model step alone {ms(vit['model_step_seconds'], vit['rows'])} ms/row")
-    for name, seconds in vit["map_seconds"].items():
-        print(f"   prompter.map, {name:<22}{ms(seconds, vit['rows'])} ms/row: end to end / model step {vit['model_step_seconds'] / seconds:.2f}")
-    check("ViT-B-16 end to end / model step, rows/s, default format", vit["model_step_seconds"] / vit["map_seconds"][default], ">=", 0.8)
+    if "vit_b16" in result:
+        vit = result["vit_b16"]
+        print(f"\n3. ViT-B-16 random weights, batch {vit['batch_size']}, {vit['rows']} rows of the 1024 set, torch threads "
+              f"{torch.get_num_threads()}: model step alone {ms(vit['model_step_seconds'], vit['rows'])} ms/row")
+        for name, seconds in vit["map_seconds"].items():
+            print(f"   prompter.map, {name:<22}{ms(seconds, vit['rows'])} ms/row: end to end / model step {vit['model_step_seconds'] / seconds:.2f}")
+        check("ViT-B-16 end to end / model step, rows/s, default format", vit["model_step_seconds"] / vit["map_seconds"][default], ">=", 0.8)
 
-    matrix = result["mmvet"]
-    rows = result["mmvet_rows"]
-    print(f"\n4. MM-Vet-shaped set, {rows} rows, bundled model: ms/row end to end and per stage (each timed on its own)")
-    stage_names = list(matrix[0]["stages_seconds"])
-    print(f"   {'format':<22}{'threads':>8}{'rows/s':>8}{'e2e':>8}" + "".join(f"{n[:14]:>15}" for n in stage_names) + f"{'out/src bytes':>15}")
-    for entry in matrix:
-        print(f"   {entry['format']:<22}{entry['threads']:>8}{rows / entry['seconds']:>8.1f}{ms(entry['seconds'], rows)}"
-              + "".join(f"{ms(entry['stages_seconds'][n], rows):>15}" for n in stage_names)
-              + f"{entry['output_bytes'] / entry['source_bytes']:>15.2f}")
-    print(f"   (source: {matrix[0]['source_bytes'] / rows / 1e3:,.0f} kB per row)")
+    if "mmvet" in result:
+        matrix = result["mmvet"]
+        rows = result["mmvet_rows"]
+        print(f"\n4. MM-Vet-shaped set, {rows} rows, bundled model: ms/row end to end and per stage (each timed on its own)")
+        stage_names = list(matrix[0]["stages_seconds"])
+        print(f"   {'format':<22}{'threads':>8}{'rows/s':>8}{'e2e':>8}" + "".join(f"{n[:14]:>15}" for n in stage_names) + f"{'out/src bytes':>15}")
+        for entry in matrix:
+            print(f"   {entry['format']:<22}{entry['threads']:>8}{rows / entry['seconds']:>8.1f}{ms(entry['seconds'], rows)}"
+                  + "".join(f"{ms(entry['stages_seconds'][n], rows):>15}" for n in stage_names)
+                  + f"{entry['output_bytes'] / entry['source_bytes']:>15.2f}")
+        print(f"   (source: {matrix[0]['source_bytes'] / rows / 1e3:,.0f} kB per row)")
 
-    print(f"\n5. hf-api-prompt run over the MM-Vet-shaped set ({rows} rows), whole command:")
-    for entry in result["cli"]:
-        print(f"   --num-proc {entry['processes']}: {entry['seconds']:.1f} s, {entry['rows'] / entry['seconds']:.2f} rows/s")
+    if "cli" in result:
+        print(f"\n5. hf-api-prompt run over the MM-Vet-shaped set ({result['mmvet_rows']} rows), whole command:")
+        for entry in result["cli"]:
+            print(f"   --num-proc {entry['processes']}: {entry['seconds']:.1f} s, {entry['rows'] / entry['seconds']:.2f} rows/s")
 
     print("\nsummary")
     for c in checks:
@@ -401,6 +406,7 @@ def parse_args(argv=None):
     parser.add_argument("--vit-rows", type=int, help="rows of the 1024 set for ViT-B-16 (default 32; quick 8)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, help="repeats of each one-row timing (default 15; quick 3)")
+    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="which sections to run (default: all)")
     parser.add_argument("--json", help="save every number here")
     return parser.parse_args(argv)
 
@@ -424,16 +430,18 @@ def main(argv=None) -> Dict[str, Any]:
             jpegs = set_1024(max(rows, vit_rows))
             mmvet = as_dataset(set_mmvet(rows, small=args.quick))
             result: Dict[str, Any] = {"cores": cores, "torch_threads": torch.get_num_threads(), "rows": rows}
-            logger.info("1. image work per row")
-            result["image_work"] = image_work(jpegs[0], repeats, jpegs[:16])
-            logger.info("2. bundled model vs bare map")
-            result["bundled_vs_bare"] = bundled_vs_bare(as_dataset(jpegs[:rows]), args.batch_size)
-            logger.info("3. ViT-B-16")
-            result["vit_b16"] = vit_b16(as_dataset(jpegs[:vit_rows]), args.batch_size, [FORMATS[0][0], "png"])
-            logger.info("4. MM-Vet-shaped set")
-            result["mmvet"], result["mmvet_rows"] = mmvet_matrix(mmvet, args.batch_size, thread_counts), rows
-            logger.info("5. CLI")
-            result["cli"] = cli_runs(mmvet, args.batch_size, [1, 2])
+            sections = {
+                1: ("image work per row", "image_work", lambda: image_work(jpegs[0], repeats, jpegs[:16])),
+                2: ("bundled model vs bare map", "bundled_vs_bare", lambda: bundled_vs_bare(as_dataset(jpegs[:rows]), args.batch_size)),
+                3: ("ViT-B-16", "vit_b16", lambda: vit_b16(as_dataset(jpegs[:vit_rows]), args.batch_size, [FORMATS[0][0], "png"])),
+                4: ("MM-Vet-shaped set", "mmvet", lambda: mmvet_matrix(mmvet, args.batch_size, thread_counts)),
+                5: ("CLI", "cli", lambda: cli_runs(mmvet, args.batch_size, [1, 2])),
+            }
+            result["mmvet_rows"] = rows
+            for number in args.sections:
+                title, key, run = sections[number]
+                logger.info("%d. %s", number, title)
+                result[key] = run()
     finally:
         if bars:
             enable_progress_bars()
