@@ -35,8 +35,8 @@ Sections, and the issue's acceptance they check:
    end, ms per row of each stage (each timed on its own over the same rows), and
    output bytes per row against the source's.
 5. ``hf-api-prompt run`` over the MM-Vet-shaped set (saved with ``save_to_disk``)
-   with ``--num-proc 1`` and ``--num-proc 2``: rows/s of the whole command
-   (start-up, model load, masking, writing the variant).
+   in one process, with ``--num-proc 2``, and under ``accelerate launch`` with 2 CPU
+   processes: rows/s of the whole command (start-up, model loads, masking, writing the variant).
 
 Timings need an otherwise idle machine: the 1-min load average is printed at the
 start and the end. Every ``map`` runs with ``load_from_cache_file=False``.
@@ -313,21 +313,29 @@ def mmvet_matrix(dataset: Dataset, batch_size: int, thread_counts: Sequence[int]
 
 
 # ------------------------------------------------------------------ 5. CLI
-def cli_runs(dataset: Dataset, batch_size: int, processes: Sequence[int]) -> List[Dict[str, Any]]:
+#: How each CLI run starts its processes: (label, launcher prefix, extra run flags).
+CLI_RUNS = [
+    ("1 process", [], []),
+    ("--num-proc 2", [], ["--num-proc", "2"]),
+    ("accelerate, 2 CPU processes", ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"], []),
+]
+
+
+def cli_runs(dataset: Dataset, batch_size: int) -> List[Dict[str, Any]]:
     results = []
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "source"
         dataset.save_to_disk(str(source))
-        for count in processes:
-            out = Path(folder) / f"out{count}"
-            command = [sys.executable, "-m", "hf_api_prompt", "run", "--dataset", str(source), "--output-dir", str(out),
-                       "--model", DEMO_MODEL, "--layer-index", str(DEMO_MODEL_LAYER), "--batch-size", str(batch_size), "--preview-rows", "0", "--chunk-size", str(max(batch_size, len(dataset) // 4))]
-            if count > 1:
-                command += ["--num-proc", str(count)]
-            done, seconds = timed(lambda: subprocess.run(command, capture_output=True, text=True))
+        for index, (label, launcher, flags) in enumerate(CLI_RUNS):
+            out = Path(folder) / f"out{index}"
+            command = [sys.executable, *launcher, "-m", "hf_api_prompt", "run", "--dataset", str(source), "--output-dir", str(out),
+                       "--model", DEMO_MODEL, "--layer-index", str(DEMO_MODEL_LAYER), "--batch-size", str(batch_size),
+                       "--preview-rows", "0", "--chunk-size", str(max(batch_size, len(dataset) // 4)), *flags]
+            env = {**os.environ, "ACCELERATE_USE_CPU": "1"} if launcher else None
+            done, seconds = timed(lambda: subprocess.run(command, capture_output=True, text=True, env=env))
             if done.returncode != 0:
-                raise SystemExit(f"hf-api-prompt run failed:\n{done.stderr[-3000:]}")
-            results.append({"processes": count, "rows": len(dataset), "seconds": seconds})
+                raise SystemExit(f"hf-api-prompt run ({label}) failed:\n{done.stderr[-3000:]}")
+            results.append({"run": label, "rows": len(dataset), "seconds": seconds})
     return results
 
 
@@ -391,7 +399,7 @@ def report(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     if "cli" in result:
         print(f"\n5. hf-api-prompt run over the MM-Vet-shaped set ({result['mmvet_rows']} rows), whole command:")
         for entry in result["cli"]:
-            print(f"   --num-proc {entry['processes']}: {entry['seconds']:.1f} s, {entry['rows'] / entry['seconds']:.2f} rows/s")
+            print(f"   {entry['run']:<30}{entry['seconds']:6.1f} s, {entry['rows'] / entry['seconds']:.2f} rows/s")
 
     print("\nsummary")
     for c in checks:
@@ -435,7 +443,7 @@ def main(argv=None) -> Dict[str, Any]:
                 2: ("bundled model vs bare map", "bundled_vs_bare", lambda: bundled_vs_bare(as_dataset(jpegs[:rows]), args.batch_size)),
                 3: ("ViT-B-16", "vit_b16", lambda: vit_b16(as_dataset(jpegs[:vit_rows]), args.batch_size, [FORMATS[0][0], "png"])),
                 4: ("MM-Vet-shaped set", "mmvet", lambda: mmvet_matrix(mmvet, args.batch_size, thread_counts)),
-                5: ("CLI", "cli", lambda: cli_runs(mmvet, args.batch_size, [1, 2])),
+                5: ("CLI", "cli", lambda: cli_runs(mmvet, args.batch_size)),
             }
             result["mmvet_rows"] = rows
             for number in args.sections:
