@@ -5,7 +5,9 @@ code that releases the GIL, so threads scale with the cores. The pool size
 defaults to ``$HF_API_PROMPT_THREADS`` when set, else to the cores this process
 may run on (its CPU affinity) divided by the processes sharing them: ``datasets`` ``num_proc`` workers (:func:`workers`, set by
 ``ImagePrompter.map``) times the processes of one machine under accelerate or
-torchrun (``LOCAL_WORLD_SIZE``). The model step runs between the pool's phases, not
+torchrun (``LOCAL_WORLD_SIZE``). A worker that ``datasets`` forked without that
+share being known (``ds.map(prompter, num_proc=N)`` called directly) uses 1 thread,
+as torch does there. The model step runs between the pool's phases, not
 beside them, so torch's threads and the pool's never compete.
 
 Example:
@@ -18,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import sys
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 T = TypeVar("T")
@@ -49,7 +52,20 @@ def default_threads() -> int:
     """The pool size when none is given: ``$HF_API_PROMPT_THREADS``, else ``available_cores() // processes`` (at least 1)."""
     if os.environ.get(THREADS_ENV):
         return _count(THREADS_ENV)
+    if not os.environ.get(WORKERS_ENV) and forked_datasets_worker():
+        return 1
     return max(1, available_cores() // (_count(WORKERS_ENV) * _count("LOCAL_WORLD_SIZE")))
+
+
+def forked_datasets_worker() -> bool:
+    """Whether this process is a ``num_proc`` worker that ``datasets`` forked.
+
+    ``datasets`` forks its workers with the ``multiprocess`` package, so only a process
+    that ``multiprocess`` forked (a ``ForkProcess``) counts; any other child of the
+    user's program (``os.fork``, the standard ``multiprocessing``) and spawned workers do not.
+    """
+    multiprocess = sys.modules.get("multiprocess")  # imported by datasets; never imported here
+    return multiprocess is not None and isinstance(multiprocess.current_process(), multiprocess.context.ForkProcess)
 
 
 def workers(count: Optional[int]):

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import logging
 import os
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -392,14 +391,11 @@ def _one_thread_in_forked_worker():
 
     torch's CPU backend (GNU OpenMP) hangs in a forked child whose parent already
     ran parallel regions, e.g. after a single-process ``map``; torch's own
-    DataLoader workers run one thread too. ``datasets`` forks its
-    ``num_proc`` workers with the ``multiprocess`` package, so only a process that
-    ``multiprocess`` forked (a ``ForkProcess``) is changed. Any other child of the
-    user's program (``os.fork``, the standard ``multiprocessing``) keeps the thread
-    count it inherited, and spawned workers are left alone.
+    DataLoader workers run one thread too. Only such a worker
+    (:func:`~hf_api_prompt.parallel.forked_datasets_worker`) is changed; any other
+    child keeps the thread count it inherited.
     """
-    multiprocess = sys.modules.get("multiprocess")  # imported by datasets; never imported here
-    if multiprocess is None or not isinstance(multiprocess.current_process(), multiprocess.context.ForkProcess):
+    if not parallel.forked_datasets_worker():
         return
     import torch
 

@@ -249,14 +249,17 @@ def record_threads(batch):
 
 def test_num_proc_workers_share_the_cores(clean_env):
     # datasets forks its workers (Linux), so they inherit the patched affinity and the environment.
-    clean_env.setattr(parallel, "available_cores", lambda: 2)
+    clean_env.setattr(parallel, "available_cores", lambda: 8)
     ds = Dataset.from_dict({"i": list(range(8))})
-    assert parallel.default_threads() == 2
+    assert parallel.default_threads() == 8
     with parallel.workers(2):
         out = ds.map(record_threads, batched=True, batch_size=2, num_proc=2, load_from_cache_file=False)
-    assert parallel.default_threads() == 2
-    assert set(out["threads"]) == {1}
+    assert parallel.default_threads() == 8
+    assert set(out["threads"]) == {4}
     assert len(set(out["pid"])) == 2 and os.getpid() not in out["pid"]
+    # Forked by a direct ds.map(num_proc=...), where the share is unknown: one thread each, as torch gets.
+    out = ds.map(record_threads, batched=True, batch_size=2, num_proc=2, load_from_cache_file=False)
+    assert set(out["threads"]) == {1} and os.getpid() not in out["pid"]
 
 
 # ------------------------------------------------------------------------------------ remasking
