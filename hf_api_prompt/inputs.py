@@ -101,23 +101,34 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+#: Pixels converted per step by :func:`_gray_levels`: its wide temporaries stay this size, whatever the image's.
+_BAND_PIXELS = 1 << 20
+
+
 def _gray_levels(image: Image.Image) -> np.ndarray:
-    """8-bit levels of a deep gray image by the rule of :func:`to_rgb`."""
+    """8-bit levels of a deep gray image by the rule of :func:`to_rgb`, in bands of rows.
+
+    The int64 and float64 arithmetic runs on one band at a time, so a large image never
+    has a full-resolution copy wider than its own samples.
+    """
     values = np.asarray(image)
+    out = np.empty(values.shape, np.uint8)
+    rows = max(1, _BAND_PIXELS // max(1, values.shape[1] if values.ndim > 1 else 1))
+    bands = [slice(top, top + rows) for top in range(0, values.shape[0], rows)]
     if image.mode == "F":
-        values = values.astype(np.float64)
-        if not np.isfinite(values).all():
+        if not all(np.isfinite(values[band]).all() for band in bands):
             raise ValueError("image has NaN or infinite pixel values (mode F)")
-        if values.size and 0 <= values.min() and values.max() <= 1:
-            values = values * 255
-        return np.floor(np.clip(values, 0, 255) + 0.5).astype(np.uint8)
-    values = values.astype(np.int64)
+        scale = 255 if values.size and 0 <= values.min() and values.max() <= 1 else 1
+        for band in bands:
+            out[band] = np.floor(np.clip(values[band].astype(np.float64) * scale, 0, 255) + 0.5)
+        return out
     sixteen_bit = image.mode.startswith("I;16") or image.format == "PPM"
     if not sixteen_bit and values.size and 0 <= values.min() and 255 < values.max() <= 65535:
         sixteen_bit = True
-    if sixteen_bit:
-        return ((values * 510 + 65535) // 131070).astype(np.uint8)  # floor(v * 255 / 65535 + 1/2)
-    return np.clip(values, 0, 255).astype(np.uint8)
+    for band in bands:
+        wide = values[band].astype(np.int64)
+        out[band] = (wide * 510 + 65535) // 131070 if sixteen_bit else np.clip(wide, 0, 255)  # floor(v * 255 / 65535 + 1/2)
+    return out
 
 
 def check_question(value: Any) -> str:

@@ -229,6 +229,35 @@ class TestOpenImage:
         image = Image.fromarray(np.array([[-3.0, 2.4, 2.6, 300.0]], np.float32))
         assert arr(to_rgb(image))[0, :, 0].tolist() == [0, 2, 3, 255]
 
+    @pytest.mark.parametrize("mode", ["F", "I;16"])
+    def test_large_deep_gray_is_converted_in_bands(self, mode):
+        """A 24-Mpixel deep gray image: the conversion's wide (int64, float64) temporaries stay band-sized.
+
+        Converted whole, they would be several full-resolution copies of 8 bytes a pixel
+        (over 190 MB each here); numpy reports its buffers to tracemalloc, Pillow's are not counted.
+        """
+        import tracemalloc
+
+        rng = np.random.default_rng(0)
+        if mode == "F":
+            samples = rng.random((4000, 6000), dtype=np.float32)  # fractions: level = round(v * 255)
+            want_row = np.floor(samples[1234].astype(np.float64) * 255 + 0.5)
+        else:
+            samples = rng.integers(0, 65536, (4000, 6000), dtype=np.uint16)
+            want_row = (samples[1234].astype(np.int64) * 510 + 65535) // 131070
+        image = Image.fromarray(samples)
+        assert image.mode == mode
+        tracemalloc.start()
+        try:
+            rgb = to_rgb(image)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert np.array_equal(arr(rgb)[1234, :, 0], want_row)
+        # np.asarray's copy of the samples (Pillow's tobytes holds them twice at its peak), the uint8 levels, and
+        # the band temporaries (a few 8-byte copies of 2**20 pixels).
+        assert peak < image.width * image.height * (2 * samples.itemsize + 1) + 64 * 2 ** 20, peak
+
     def test_mode_f_nan_is_an_error(self):
         image = Image.fromarray(np.array([[0.5, np.nan]], np.float32))
         with pytest.raises(ValueError, match="NaN"):
