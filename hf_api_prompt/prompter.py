@@ -310,7 +310,7 @@ class ImagePrompter(_BatchFunction):
         config = self.config
         good = rows.good
         # Bad rows pass through unmasked (None without an image), stored in the same format.
-        bad = [i for i in range(len(rows.images)) if i not in set(good)]
+        bad = [i for i, reason in enumerate(rows.status) if reason != "ok"]
         stored = [None] * len(rows.images)
         for i, value in zip(bad, encode_images(config, [rows.images[i] for i in bad], [rows.formats[i] for i in bad], self.threads)):
             stored[i] = value

@@ -275,7 +275,7 @@ def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, 
     good = [i for i, image in enumerate(images) if image is not None and all(layer[n][i] is not None for n in names)]
     out = list(images)
     if store:  # the rows passed through
-        rest = [i for i in range(len(images)) if i not in set(good)]
+        rest = sorted(set(range(len(images))) - set(good))
         for i, value in zip(rest, encode_images(config, [images[i] for i in rest], [formats[i] for i in rest], threads)):
             out[i] = value
     if good:
