@@ -122,18 +122,31 @@ def mask_to_pixels(
     Returns:
         a mode ``"L"`` image of ``size``.
     """
+    padded, shifted = pad_for_box(mask_u8, size, box)
+    return Image.fromarray(padded, mode="L").resize(size, resample, box=shifted)
+
+
+def pad_for_box(mask_u8: np.ndarray, size: Tuple[int, int], box: Optional[Box]) -> Tuple[np.ndarray, Optional[Box]]:
+    """The grid and the box that :func:`mask_to_pixels` resizes: ``(mask_u8, None)`` for the whole grid.
+
+    A box reaching outside the grid gets a grid padded with edge values, by the overhang
+    plus the filter's reach (3 source cells for LANCZOS, more when the axis is shrunk),
+    and the box shifted to match; also used by :mod:`hf_api_prompt.device_prompt`.
+
+    >>> grid, box = pad_for_box(np.zeros((2, 2), np.uint8), (4, 4), (-1, 0, 2, 2))
+    >>> grid.shape, box
+    ((10, 11), (4, 4, 7, 6))
+    """
     gh, gw = mask_u8.shape
     if box is None or tuple(box) == (0, 0, gw, gh):
-        return Image.fromarray(mask_u8, mode="L").resize(size, resample)
+        return mask_u8, None
     x0, y0, x1, y1 = box
-    # Pad each side with edge values, by the overhang plus the filter's reach
-    # (3 source cells for LANCZOS, more when the axis is shrunk), and shift the box.
     reach_x = 3 * max(1.0, (x1 - x0) / size[0]) + 1
     reach_y = 3 * max(1.0, (y1 - y0) / size[1]) + 1
     left, right = math.ceil(max(0.0, -x0) + reach_x), math.ceil(max(0.0, x1 - gw) + reach_x)
     top, bottom = math.ceil(max(0.0, -y0) + reach_y), math.ceil(max(0.0, y1 - gh) + reach_y)
     padded = np.pad(mask_u8, ((top, bottom), (left, right)), mode="edge")
-    return Image.fromarray(padded, mode="L").resize(size, resample, box=(x0 + left, y0 + top, x1 + left, y1 + top))
+    return padded, (x0 + left, y0 + top, x1 + left, y1 + top)
 
 
 @functools.lru_cache(maxsize=256)

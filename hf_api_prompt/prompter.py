@@ -44,17 +44,23 @@ class _BatchFunction:
     config: PrompterConfig
     #: Threads for the image work of a batch (:mod:`hf_api_prompt.parallel`); ``None``: the cores / processes.
     num_threads: Optional[int] = None
+    #: Torch device of stage 3's resizing and blending (:mod:`hf_api_prompt.device_prompt`); ``"auto"``: the
+    #: backend's; ``None``: the CPU, with Pillow and numpy.
+    prompt_device: Optional[str] = None
 
     # Pickle (and so the datasets fingerprint) = the state's JSON; never the weights.
     def __getstate__(self) -> Dict[str, Any]:
         state = {"config": self.config.to_json()}
         if self.num_threads is not None:
             state["num_threads"] = self.num_threads
+        if self.prompt_device is not None:
+            state["prompt_device"] = self.prompt_device
         return state
 
     def __setstate__(self, state: Dict[str, Any]):
         self.config = PrompterConfig.from_json(state["config"])
         self.num_threads = state.get("num_threads")
+        self.prompt_device = state.get("prompt_device")
         self._backend = None
 
     @property
@@ -209,6 +215,10 @@ class ImagePrompter(_BatchFunction):
             resizing, blending, encoding); ``None``: the cores this process may use,
             shared with the other processes of the run (:mod:`hf_api_prompt.parallel`).
             It never changes an output, so it is not part of the config.
+        prompt_device: a torch device (``"cuda"``, ``"cuda:1"``, ...) for stage 3's resizing and blending, or
+            ``"auto"`` for the backend's device; ``None`` (default): the CPU, with Pillow and numpy. The images
+            are the same bit for bit (:mod:`hf_api_prompt.device_prompt`), so it is not part of the config
+            either; only ``prompt="mask"`` runs on a device.
         **params: any :class:`PrompterConfig` field. ``model``, ``pretrained`` and
             ``layer_index`` default to the paper's choice for the backend
             (``pretrained`` only when ``model`` is left at its default too).
@@ -234,7 +244,8 @@ class ImagePrompter(_BatchFunction):
         (Array2D(shape=(14, 14), dtype='float32'), (64, 48))
     """
 
-    def __init__(self, backend: str = "clip", *, num_threads: Optional[int] = None, **params: Any):
+    def __init__(self, backend: str = "clip", *, num_threads: Optional[int] = None, prompt_device: Optional[str] = None,
+                 **params: Any):
         if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1):
             raise ValueError(f"num_threads must be an int >= 1 or None, got {num_threads!r}")
         backend_cls = get_backend(backend)
@@ -246,9 +257,10 @@ class ImagePrompter(_BatchFunction):
             raise TypeError("library_version and weights_sha256 are filled in, not passed")
         config = backend_cls.resolve_config(PrompterConfig(backend=backend, **settings))
         prompts.check_prompt(config.prompt)
+        prompt_device = _check_prompt_device(prompt_device, config.prompt)
         if config.kernel_size == "auto":
             config = config.replace(kernel_size=masks.auto_kernel_size(backend_cls.grid_shape(config)))
-        self.config, self.num_threads = config, num_threads
+        self.config, self.num_threads, self.prompt_device = config, num_threads, prompt_device
         self._backend: Optional[Backend] = None
 
     @classmethod
@@ -303,7 +315,9 @@ class ImagePrompter(_BatchFunction):
         raw = self.backend(rank).maps(images, questions, [config.layer_index])
         self._check_extra(raw.extra_columns)
         grid = grid_masks(config, raw.layers[config.layer_index])
-        prompted = prompts.apply_prompt(config, images, grid, raw.boxes, threads=self.threads, source_formats=source_formats)
+        device = self.backend(rank).device if self.prompt_device == "auto" else self.prompt_device
+        prompted = prompts.apply_prompt(config, images, grid, raw.boxes, threads=self.threads, source_formats=source_formats,
+                                        device=device)
         return PromptedBatch(grid, prompted, raw.extra_columns)
 
     def _fill(self, rows: _Rows, columns: Dict[str, list], rank: Optional[int]):
@@ -354,6 +368,24 @@ def encode_images(config: PrompterConfig, images: Sequence[Any], formats: Sequen
         return None if image is None else encoding.encode(image, config, source_format)
 
     return parallel.thread_map(one, list(zip(images, formats)), threads)
+
+
+def _check_prompt_device(device: Optional[str], prompt: str) -> Optional[str]:
+    """``device`` as given, once it is ``None``, ``"auto"`` or a torch device's name, and ``prompt`` can use it."""
+    if device is None:
+        return None
+    if not isinstance(device, str):
+        raise ValueError(f"prompt_device must be a device name (e.g. 'cuda:0'), 'auto' or None, got {device!r}")
+    if device != "auto":
+        import torch
+
+        try:
+            torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(f"prompt_device {device!r} is not a torch device: {error}") from None
+    if prompt != "mask":
+        raise ValueError(f"prompt style {prompt!r} runs on the CPU only: prompt_device is for prompt='mask'")
+    return device
 
 
 def _read_one(pair) -> Tuple[Any, Optional[str], Optional[str], Optional[str]]:

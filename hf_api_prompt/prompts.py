@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -91,6 +92,7 @@ def apply_prompt(
     boxes: Sequence[Optional[Box]],
     threads: int = 1,
     source_formats: Optional[Sequence[Optional[str]]] = None,
+    device: Optional[Any] = None,
 ) -> List[Prompted]:
     """Prompt each image with its grid mask ``[B, gh, gw]`` in [0, 1], in the style ``config.prompt``.
 
@@ -100,16 +102,27 @@ def apply_prompt(
         source_formats: each source's format; when given, each image is also encoded (``Prompted.stored``)
             in the same task, so that one thread's encoding (Pillow's encoders hold the GIL) overlaps
             another's resizing and blending (which release it).
+        device: a torch device (or its name) for the resizing and blending, ``None``: the CPU with
+            Pillow and numpy; the images are the same (:mod:`hf_api_prompt.device_prompt`). Only the
+            ``"mask"`` style runs on a device.
 
     Raises:
-        ValueError: ``geometry="aligned"`` for an image whose box is unknown.
+        ValueError: ``geometry="aligned"`` for an image whose box is unknown; a ``device`` for another style than ``"mask"``.
     """
     check_prompt(config.prompt)
+    if device is not None and config.prompt != "mask":
+        raise ValueError(f"prompt style {config.prompt!r} runs on the CPU only: a prompt device is for the 'mask' style, "
+                         f"got device {device!r}")
     if config.geometry == "aligned" and any(box is None for box in boxes):
         raise ValueError("geometry='aligned' needs the grid box of every image, and the maps hold none for some")
     use = boxes if config.geometry == "aligned" else [None] * len(images)
     grid_u8 = masks.mask_to_uint8(grid_masks)
-    style = _STYLES[config.prompt]
+    if device is None:
+        style = _STYLES[config.prompt]
+    else:
+        from .device_prompt import soft_mask_on
+
+        style = functools.partial(soft_mask_on, device)
     formats = [None] * len(images) if source_formats is None else list(source_formats)
 
     def one(args) -> Prompted:
