@@ -256,6 +256,8 @@ def upload(args: argparse.Namespace) -> dict:
 def _add_threads_flag(group):
     group.add_argument("--num-threads", type=int, help="threads per process for decoding, masking and encoding images "
                        "(default: the cores this process may use, shared among --num-proc or accelerate processes)")
+    group.add_argument("--prompt-device", help="torch device for resizing the masks and blending ('cuda', 'cuda:1', "
+                       "'auto': the model's device); the images are the same bit for bit (default: the CPU, with Pillow)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,8 +346,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     threads = getattr(args, "num_threads", None)
     if threads is not None and threads < 1:
         parser.exit(2, f"hf-api-prompt: error: --num-threads must be >= 1, got {threads}\n")
+    device = getattr(args, "prompt_device", None)
+    if device is not None and device != "auto":
+        import torch
+
+        try:
+            torch.device(device)
+        except RuntimeError as error:
+            parser.exit(2, f"hf-api-prompt: error: --prompt-device {device!r} is not a torch device ({error}); nothing was computed\n")
     try:
-        with _step(args.command), parallel.threads_per_process(threads):
+        with _step(args.command), parallel.threads_per_process(threads), parallel.environment(parallel.PROMPT_DEVICE_ENV, device):
             summary = args.handler(args)
     except (PublishError, ValueError, KeyError, StepFailed) as error:  # the messages say what to do; a traceback would not
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -30,6 +30,8 @@ R = TypeVar("R")
 WORKERS_ENV = "HF_API_PROMPT_WORKERS"
 #: Threads per process, when set (``hf-api-prompt --num-threads``): wins over the share of the cores.
 THREADS_ENV = "HF_API_PROMPT_THREADS"
+#: The prompt device of every prompter and remask that has none of its own (``hf-api-prompt --prompt-device``).
+PROMPT_DEVICE_ENV = "HF_API_PROMPT_PROMPT_DEVICE"
 _POOLS: Dict[Tuple[int, int], concurrent.futures.ThreadPoolExecutor] = {}
 
 
@@ -70,16 +72,21 @@ def forked_datasets_worker() -> bool:
 
 def workers(count: Optional[int]):
     """Context manager: processes started within it count ``count`` per machine (``datasets`` ``num_proc``)."""
-    return _environment(WORKERS_ENV, count if count and count > 1 else None)
+    return environment(WORKERS_ENV, count if count and count > 1 else None)
 
 
 def threads_per_process(count: Optional[int]):
     """Context manager: every pool of this process and of those started within it has ``count`` threads."""
-    return _environment(THREADS_ENV, count)
+    return environment(THREADS_ENV, count)
+
+
+def default_prompt_device() -> Optional[str]:
+    """``$HF_API_PROMPT_PROMPT_DEVICE``, or ``None`` (stage 3 on the CPU with Pillow and numpy)."""
+    return os.environ.get(PROMPT_DEVICE_ENV) or None
 
 
 @contextlib.contextmanager
-def _environment(name: str, value: Optional[int]) -> Iterator[None]:
+def environment(name: str, value: Optional[object]) -> Iterator[None]:
     """``$name = value`` within the block (inherited by the processes started there), restored after."""
     if value is None:
         yield

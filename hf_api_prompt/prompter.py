@@ -315,7 +315,9 @@ class ImagePrompter(_BatchFunction):
         raw = self.backend(rank).maps(images, questions, [config.layer_index])
         self._check_extra(raw.extra_columns)
         grid = grid_masks(config, raw.layers[config.layer_index])
-        device = self.backend(rank).device if self.prompt_device == "auto" else self.prompt_device
+        # The run's device (--prompt-device) serves the style that runs on one; a prompter's own was checked.
+        choice = self.prompt_device or (parallel.default_prompt_device() if config.prompt == "mask" else None)
+        device = self.backend(rank).device if choice == "auto" else choice
         prompted = prompts.apply_prompt(config, images, grid, raw.boxes, threads=self.threads, source_formats=source_formats,
                                         device=device)
         return PromptedBatch(grid, prompted, raw.extra_columns)

@@ -259,7 +259,18 @@ def masked_image_from_row(row: Dict[str, Any], config: PrompterConfig):
     return None if masked[0] is None else encoding.as_stored(masked[0], config, formats[0])
 
 
-def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, store: bool = True) -> Tuple[list, list, list]:
+def _remask_device() -> Optional[str]:
+    """The prompt device of a remask (mask style): ``$HF_API_PROMPT_PROMPT_DEVICE`` ("auto": the first GPU when there is one)."""
+    choice = parallel.default_prompt_device()
+    if choice == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else None
+    return choice
+
+
+def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, store: bool = True,
+                  device: Optional[str] = None) -> Tuple[list, list, list]:
     """``(images, grid masks, source formats)`` of a maps batch: one recipe and one prompt call over its rows with maps.
 
     The images are the prompted ones, encoded for storing (``store``) or as PIL images. A row without
@@ -282,7 +293,7 @@ def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, 
         grid = grid_masks(config, {n: np.stack([np.asarray(layer[n][i], dtype=np.float32) for i in good]) for n in names})
         boxes = [None if batch[BOX_COLUMN][i] is None else tuple(batch[BOX_COLUMN][i]) for i in good]
         prompted = prompts.apply_prompt(config, [images[i] for i in good], grid, boxes, threads=threads,
-                                        source_formats=[formats[i] for i in good] if store else None)
+                                        source_formats=[formats[i] for i in good] if store else None, device=device)
         for slot, i in enumerate(good):
             out[i], grids[i] = prompted[slot].stored if store else prompted[slot].image, grid[slot]
     return out, grids, formats
@@ -301,7 +312,8 @@ class _Remask:
         self.config = PrompterConfig.from_json(state["config"])
 
     def __call__(self, batch) -> Dict[str, list]:
-        masked, heatmaps, _ = _remask_batch(batch, self.config, parallel.default_threads())
+        device = _remask_device() if self.config.prompt == "mask" else None
+        masked, heatmaps, _ = _remask_batch(batch, self.config, parallel.default_threads(), device=device)
         return {self.config.masked_image_column: masked, self.config.heatmap_column: heatmaps}
 
 

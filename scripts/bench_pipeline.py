@@ -23,6 +23,8 @@ Sections, and the issue's acceptance they check:
    encode, for every ``image_format``; target <= 100 ms for the default. And the
    thread pool: the whole image work of a batch of rows on 1 and on 2 threads
    (:func:`hf_api_prompt.parallel.thread_map`), the two taking turns; target >= 1.7x.
+   And the mask style's resize + blend on the torch path (``prompt_device="cpu"``)
+   against Pillow/numpy: the time, and whether the images are the same.
 2. The bundled model (a model step of a few ms a row, as ViT-L's on a GPU):
    ``prompter.map`` over the 1024 set against a bare ``map`` that only decodes each
    image and re-encodes it as JPEG (Pillow's default quality) on one thread, the two
@@ -64,7 +66,7 @@ from datasets import Dataset, Features, Value, disable_progress_bars, enable_pro
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from hf_api_prompt import ImagePrompter, encoding, masks, parallel
+from hf_api_prompt import ImagePrompter, device_prompt, encoding, masks, parallel, prompts
 from hf_api_prompt.bundled import DEMO_MODEL, DEMO_MODEL_LAYER
 from hf_api_prompt.config import PrompterConfig
 from hf_api_prompt.inputs import decode_image
@@ -222,8 +224,14 @@ def image_work(data: bytes, repeats: int, batch: Sequence[bytes]) -> Dict[str, A
 
     with Threads(1):  # torch's own threads stay at 1: the pool is what is measured
         pool = interleaved({n: (lambda n=n: parallel.thread_map(row, list(batch), n)) for n in (1, 2)}, repeats)
+    # The device path (prompt_device) on the CPU device: the same images; its speed matters on a GPU only.
+    with Threads(1):
+        paths = interleaved({"pillow": lambda: prompts.soft_mask(image, grid, None, default),
+                             "torch cpu": lambda: device_prompt.soft_mask_on("cpu", image, grid, None, default)}, repeats)
+    same = np.array_equal(np.asarray(prompts.soft_mask(image, grid, None, default).image),
+                          np.asarray(device_prompt.soft_mask_on("cpu", image, grid, None, default).image))
     return {"size": list(image.size), "source_bytes": len(data), "stages_seconds": stages, "encode": encode,
-            "pool_rows": len(batch), "pool_seconds": pool}
+            "pool_rows": len(batch), "pool_seconds": pool, "prompt_paths_seconds": paths, "prompt_paths_equal": same}
 
 
 # ------------------------------------------------- 2. bundled model vs bare map
@@ -379,6 +387,9 @@ def report(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         print(f"   pool, whole image work of {work['pool_rows']} rows (default format): 1 thread {pool[1]:.3f} s, "
               f"2 threads {pool[2]:.3f} s: {pool[1] / pool[2]:.2f}x")
         check("image pool scaling, 2 threads / 1", pool[1] / pool[2], ">=", 1.7)
+        paths = work["prompt_paths_seconds"]
+        print(f"   mask resize + blend, Pillow/numpy {ms(paths['pillow'])} ms, torch on the CPU device (prompt_device) "
+              f"{ms(paths['torch cpu'])} ms; the same image: {work['prompt_paths_equal']}")
 
     if "bundled_vs_bare" in result:
         bare = result["bundled_vs_bare"]

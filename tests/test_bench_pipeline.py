@@ -33,6 +33,7 @@ def test_bench_pipeline_quick(capsys):
     # A JPEG source: "source" stores it as "jpeg" does; higher quality and lossless cost bytes.
     assert encode["source q75 (default)"]["bytes"] == encode["jpeg q75"]["bytes"]
     assert encode["jpeg q75"]["bytes"] < encode["jpeg q95"]["bytes"] < encode["png"]["bytes"]
+    assert result["image_work"]["prompt_paths_equal"]  # the torch path makes the Pillow path's image
     matrix = {(entry["format"], entry["threads"]): entry for entry in result["mmvet"]}
     assert set(matrix) == {(name, threads) for name, _ in bench.FORMATS for threads in (1, 2)}
     for threads in (1, 2):

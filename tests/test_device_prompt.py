@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_api_prompt import ImagePrompter, device_prompt, masks, prompts
@@ -158,3 +159,53 @@ def test_a_prompt_device_is_refused_for_other_styles_and_bad_names():
             prompts.apply_prompt(config, [Image.new("RGB", (4, 2))], np.zeros((1, 2, 2), np.float32), [None], device="cpu")
     finally:
         prompts._STYLES.pop("test-device-style")
+
+
+
+@pytest.fixture
+def device_calls(monkeypatch):
+    """The devices that stage 3 ran on, one per prompted image (a spy on soft_mask_on)."""
+    from hf_api_prompt import device_prompt
+
+    calls = []
+    real = device_prompt.soft_mask_on
+    monkeypatch.setattr(device_prompt, "soft_mask_on", lambda device, *args: calls.append(str(device)) or real(device, *args))
+    return calls
+
+
+def test_the_run_device_serves_prompters_without_their_own(device_calls, monkeypatch):
+    from hf_api_prompt import parallel
+
+    ds = Dataset.from_dict({"image": [Image.new("RGB", (40, 30), (200, 90, 10))] * 2, "question": ["where?", "what?"]})
+    plain = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2, image_format="png").map(ds, load_from_cache_file=False)
+    assert device_calls == []
+    monkeypatch.setenv(parallel.PROMPT_DEVICE_ENV, "cpu")
+    on_device = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2, image_format="png").map(ds, load_from_cache_file=False)
+    assert device_calls == ["cpu", "cpu"]
+    for a, b in zip(plain.cast_column("masked_image", ImageFeature(decode=False)),
+                    on_device.cast_column("masked_image", ImageFeature(decode=False))):
+        assert a["masked_image"]["bytes"] == b["masked_image"]["bytes"]
+
+
+def test_the_cli_prompt_device_reaches_run_and_remask(device_calls, tmp_path):
+    """``--prompt-device`` reaches every remask of the run (``run`` remasks its maps too) and is gone after it."""
+    import os
+
+    from datasets import load_dataset
+
+    from hf_api_prompt import cli, parallel
+
+    folders = {}
+    for name, flags in (("plain", []), ("device", ["--prompt-device", "cpu"])):
+        folders[name] = tmp_path / name
+        assert cli.main(["run", "--output-dir", str(folders[name]), "--limit", "3", "--preview-rows", "0", *flags]) == 0
+        assert parallel.PROMPT_DEVICE_ENV not in os.environ
+        assert (device_calls == []) == (name == "plain")
+    assert set(device_calls) == {"cpu"} and len(device_calls) == 3
+    [variant] = [p.name for p in folders["plain"].iterdir() if p.is_dir() and p.name != "previews"]
+    rows = {name: load_dataset(str(folder), variant, split="train").cast_column("image", ImageFeature(decode=False))
+            for name, folder in folders.items()}
+    assert [r["image"]["bytes"] for r in rows["plain"]] == [r["image"]["bytes"] for r in rows["device"]]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--output-dir", str(tmp_path / "bad"), "--prompt-device", "gpu7"])
+    assert exit_info.value.code == 2 and not (tmp_path / "bad").exists()
