@@ -15,7 +15,7 @@ import pytest
 from datasets import Dataset, Features, Image as ImageFeature, Value
 from PIL import Image
 
-from hf_api_prompt import ImagePrompter, parallel
+from hf_api_prompt import ImagePrompter, PrompterConfig, parallel
 from hf_api_prompt.bundled import DEMO_MODEL
 from hf_api_prompt.inputs import open_image
 from hf_api_prompt.stages import MapsPrompter, masked_image_from_row, remask
@@ -132,6 +132,25 @@ def test_jpeg_quality_is_applied(run):
         assert at[75][slot]["bytes"] != at[95][slot]["bytes"], what
         errors = {q: np.abs(pixels(stored_image(v[slot])) - pixels(stored_image(lossless[slot]))).mean() for q, v in at.items()}
         assert errors[95] < errors[75], f"{what}: {errors}"
+
+
+@pytest.mark.parametrize("memfd", ["refused", "missing"])
+def test_jpeg_without_an_in_memory_file_is_the_same_bytes(memfd, monkeypatch):
+    """Where the OS has no memfd (or a sandbox refuses it) the JPEG goes through a BytesIO: the same bytes."""
+    from hf_api_prompt import encoding
+
+    image = photo((64, 48), 5)
+    config = PrompterConfig(backend="clip", model="m", pretrained=None, layer_index=0, image_format="jpeg")
+    through_file = encoding.encode(image, config, None)["bytes"]
+
+    def refuse(*args):
+        raise PermissionError("memfd_create: operation not permitted")
+
+    if memfd == "refused":
+        monkeypatch.setattr(encoding.os, "memfd_create", refuse)
+    else:
+        monkeypatch.delattr(encoding.os, "memfd_create")
+    assert encoding.encode(image, config, None)["bytes"] == through_file == encoded(image, "JPEG", quality=75)
 
 
 def test_passthrough_rows_are_stored_in_the_format_too(make):
