@@ -347,14 +347,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threads is not None and threads < 1:
         parser.exit(2, f"hf-api-prompt: error: --num-threads must be >= 1, got {threads}\n")
     device = getattr(args, "prompt_device", None)
-    if device is not None and device != "auto":
-        import torch
-
-        try:
-            torch.device(device)
-        except RuntimeError as error:
-            parser.exit(2, f"hf-api-prompt: error: --prompt-device {device!r} is not a torch device ({error}); nothing was computed\n")
     try:
+        if device is not None:
+            from .device_prompt import check_device
+
+            check_device(device)
         with _step(args.command), parallel.threads_per_process(threads), parallel.environment(parallel.PROMPT_DEVICE_ENV, device):
             summary = args.handler(args)
     except (PublishError, ValueError, KeyError, StepFailed) as error:  # the messages say what to do; a traceback would not

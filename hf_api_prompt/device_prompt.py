@@ -36,10 +36,38 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import masks, prompts
+from . import masks, parallel, prompts
 from .config import PrompterConfig
 
 Device = Union[str, torch.device]
+
+def check_device(name: Optional[str]) -> Optional[str]:
+    """``name`` when it is ``None``, ``"auto"`` or a torch device's name; a ``ValueError`` otherwise."""
+    if name is None or name == "auto":
+        return name
+    if not isinstance(name, str):
+        raise ValueError(f"a prompt device is a device name (e.g. 'cuda:0'), 'auto' or None, got {name!r}")
+    try:
+        torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"prompt device {name!r} is not a torch device ({error}); nothing was computed") from None
+    return name
+
+
+def stage3_device(own: Optional[str], prompt: str, model_device: Optional[torch.device] = None) -> Optional[Device]:
+    """Where stage 3 runs: ``own`` (a prompter's ``prompt_device``), else the run's
+    (``$HF_API_PROMPT_PROMPT_DEVICE``, for the ``"mask"`` style, the one that runs on a device).
+
+    ``"auto"`` is ``model_device``, or without a model (remasking) the first GPU when there is
+    one; ``None`` is the CPU with Pillow and numpy.
+    """
+    choice = own or (parallel.default_prompt_device() if prompt == "mask" else None)
+    if choice != "auto":
+        return choice
+    if model_device is not None:
+        return model_device
+    return "cuda" if torch.cuda.is_available() else None
+
 
 #: Pillow's fixed point for 8-bit images: 8 bits of result, 2 for overflow, in an int32.
 PRECISION_BITS = 32 - 8 - 2

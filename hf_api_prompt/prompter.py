@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import encoding, masks, parallel, prompts
+from . import device_prompt, encoding, masks, parallel, prompts
 from .backends import get_backend
 from .backends.base import Backend, pick_device
 from .config import PrompterConfig
@@ -315,9 +315,7 @@ class ImagePrompter(_BatchFunction):
         raw = self.backend(rank).maps(images, questions, [config.layer_index])
         self._check_extra(raw.extra_columns)
         grid = grid_masks(config, raw.layers[config.layer_index])
-        # The run's device (--prompt-device) serves the style that runs on one; a prompter's own was checked.
-        choice = self.prompt_device or (parallel.default_prompt_device() if config.prompt == "mask" else None)
-        device = self.backend(rank).device if choice == "auto" else choice
+        device = device_prompt.stage3_device(self.prompt_device, config.prompt, self.backend(rank).device)
         prompted = prompts.apply_prompt(config, images, grid, raw.boxes, threads=self.threads, source_formats=source_formats,
                                         device=device)
         return PromptedBatch(grid, prompted, raw.extra_columns)
@@ -325,20 +323,16 @@ class ImagePrompter(_BatchFunction):
     def _fill(self, rows: _Rows, columns: Dict[str, list], rank: Optional[int]):
         config = self.config
         good = rows.good
-        # Bad rows pass through unmasked (None without an image), stored in the same format.
-        bad = [i for i, reason in enumerate(rows.status) if reason != "ok"]
-        stored = [None] * len(rows.images)
-        for i, value in zip(bad, encode_images(config, [rows.images[i] for i in bad], [rows.formats[i] for i in bad], self.threads)):
-            stored[i] = value
+        prompted: Dict[int, prompts.Prompted] = {}
         if good:
             batch = self.prompt([rows.images[i] for i in good], [rows.questions[i] for i in good], rank,
                                 source_formats=[rows.formats[i] for i in good])
             for slot, i in enumerate(good):
-                stored[i] = batch.prompted[slot].stored
+                prompted[i] = batch.prompted[slot]
                 columns[config.heatmap_column][i] = batch.grid_masks[slot]
                 for name, values in batch.extra_columns.items():
                     columns[name][i] = values[slot]
-        columns[config.masked_image_column] = stored
+        columns[config.masked_image_column] = stored_images(config, rows.images, rows.formats, prompted, self.threads)
 
 
 @dataclasses.dataclass
@@ -363,28 +357,22 @@ def grid_masks(config: PrompterConfig, layer_maps: Dict[str, Any]) -> np.ndarray
     return recipe(tensors, config.enhance_coe, config.kernel_size).cpu().numpy().astype(np.float32, copy=False)
 
 
-def encode_images(config: PrompterConfig, images: Sequence[Any], formats: Sequence[Optional[str]], threads: int) -> list:
-    """Each image (``None`` stays ``None``) encoded as ``config.image_format`` says, on ``threads`` threads."""
-    def one(pair):
-        image, source_format = pair
-        return None if image is None else encoding.encode(image, config, source_format)
+def stored_images(config: PrompterConfig, images: Sequence[Any], formats: Sequence[Optional[str]],
+                  prompted: Dict[int, prompts.Prompted], threads: int) -> list:
+    """A batch's masked-image column: each prompted row's ``stored`` bytes, every other row's image
+    (passed through unmasked; ``None`` stays ``None``) encoded in the same format, on ``threads`` threads."""
+    def one(i):
+        if i in prompted:
+            return prompted[i].stored
+        return None if images[i] is None else encoding.encode(images[i], config, formats[i])
 
-    return parallel.thread_map(one, list(zip(images, formats)), threads)
+    return parallel.thread_map(one, list(range(len(images))), threads)
 
 
 def _check_prompt_device(device: Optional[str], prompt: str) -> Optional[str]:
     """``device`` as given, once it is ``None``, ``"auto"`` or a torch device's name, and ``prompt`` can use it."""
-    if device is None:
+    if device_prompt.check_device(device) is None:
         return None
-    if not isinstance(device, str):
-        raise ValueError(f"prompt_device must be a device name (e.g. 'cuda:0'), 'auto' or None, got {device!r}")
-    if device != "auto":
-        import torch
-
-        try:
-            torch.device(device)
-        except RuntimeError as error:
-            raise ValueError(f"prompt_device {device!r} is not a torch device: {error}") from None
     if prompt != "mask":
         raise ValueError(f"prompt style {prompt!r} runs on the CPU only: prompt_device is for prompt='mask'")
     return device

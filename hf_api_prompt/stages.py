@@ -31,11 +31,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import encoding, parallel, prompts
+from . import device_prompt, encoding, parallel, prompts
 from .backends import get_backend
 from .config import PrompterConfig
 from .inputs import decode_image
-from .prompter import ImagePrompter, _BatchFunction, _Rows, encode_images, grid_masks
+from .prompter import ImagePrompter, _BatchFunction, _Rows, grid_masks, stored_images
 
 #: The JSON of the maps' base config and layers, the same on every row (so any copy of a row can be remasked).
 MAPS_CONFIG_COLUMN = "api_maps_config"
@@ -259,16 +259,6 @@ def masked_image_from_row(row: Dict[str, Any], config: PrompterConfig):
     return None if masked[0] is None else encoding.as_stored(masked[0], config, formats[0])
 
 
-def _remask_device() -> Optional[str]:
-    """The prompt device of a remask (mask style): ``$HF_API_PROMPT_PROMPT_DEVICE`` ("auto": the first GPU when there is one)."""
-    choice = parallel.default_prompt_device()
-    if choice == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else None
-    return choice
-
-
 def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, store: bool = True,
                   device: Optional[str] = None) -> Tuple[list, list, list]:
     """``(images, grid masks, source formats)`` of a maps batch: one recipe and one prompt call over its rows with maps.
@@ -284,19 +274,17 @@ def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, 
     formats = batch[FORMAT_COLUMN] if FORMAT_COLUMN in batch else [d[1] for d in decoded]
     grids: List[Any] = [None] * len(images)
     good = [i for i, image in enumerate(images) if image is not None and all(layer[n][i] is not None for n in names)]
-    out = list(images)
-    if store:  # the rows passed through
-        rest = sorted(set(range(len(images))) - set(good))
-        for i, value in zip(rest, encode_images(config, [images[i] for i in rest], [formats[i] for i in rest], threads)):
-            out[i] = value
+    prompted: Dict[int, prompts.Prompted] = {}
     if good:
         grid = grid_masks(config, {n: np.stack([np.asarray(layer[n][i], dtype=np.float32) for i in good]) for n in names})
         boxes = [None if batch[BOX_COLUMN][i] is None else tuple(batch[BOX_COLUMN][i]) for i in good]
-        prompted = prompts.apply_prompt(config, [images[i] for i in good], grid, boxes, threads=threads,
-                                        source_formats=[formats[i] for i in good] if store else None, device=device)
+        made = prompts.apply_prompt(config, [images[i] for i in good], grid, boxes, threads=threads,
+                                    source_formats=[formats[i] for i in good] if store else None, device=device)
         for slot, i in enumerate(good):
-            out[i], grids[i] = prompted[slot].stored if store else prompted[slot].image, grid[slot]
-    return out, grids, formats
+            prompted[i], grids[i] = made[slot], grid[slot]
+    if store:
+        return stored_images(config, images, formats, prompted, threads), grids, formats
+    return [prompted[i].image if i in prompted else image for i, image in enumerate(images)], grids, formats
 
 
 class _Remask:
@@ -312,7 +300,7 @@ class _Remask:
         self.config = PrompterConfig.from_json(state["config"])
 
     def __call__(self, batch) -> Dict[str, list]:
-        device = _remask_device() if self.config.prompt == "mask" else None
+        device = device_prompt.stage3_device(None, self.config.prompt)
         masked, heatmaps, _ = _remask_batch(batch, self.config, parallel.default_threads(), device=device)
         return {self.config.masked_image_column: masked, self.config.heatmap_column: heatmaps}
 
