@@ -54,18 +54,19 @@ def check_device(name: Optional[str]) -> Optional[str]:
     return name
 
 
-def stage3_device(own: Optional[str], prompt: str, model_device: Optional[torch.device] = None) -> Optional[Device]:
+def stage3_device(own: Optional[str], prompt: str,
+                  model_device: Optional[Callable[[], torch.device]] = None) -> Optional[Device]:
     """Where stage 3 runs: ``own`` (a prompter's ``prompt_device``), else the run's
     (``$HF_API_PROMPT_PROMPT_DEVICE``, for the ``"mask"`` style, the one that runs on a device).
 
-    ``"auto"`` is ``model_device``, or without a model (remasking) the first GPU when there is
-    one; ``None`` is the CPU with Pillow and numpy.
+    ``"auto"`` is ``model_device()`` (asked only then), or without a model (remasking) the first
+    GPU when there is one; ``None`` is the CPU with Pillow and numpy.
     """
     choice = own or (parallel.default_prompt_device() if prompt == "mask" else None)
     if choice != "auto":
         return choice
     if model_device is not None:
-        return model_device
+        return model_device()
     return "cuda" if torch.cuda.is_available() else None
 
 

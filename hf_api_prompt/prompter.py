@@ -315,7 +315,7 @@ class ImagePrompter(_BatchFunction):
         raw = self.backend(rank).maps(images, questions, [config.layer_index])
         self._check_extra(raw.extra_columns)
         grid = grid_masks(config, raw.layers[config.layer_index])
-        device = device_prompt.stage3_device(self.prompt_device, config.prompt, self.backend(rank).device)
+        device = device_prompt.stage3_device(self.prompt_device, config.prompt, lambda: self.backend(rank).device)
         prompted = prompts.apply_prompt(config, images, grid, raw.boxes, threads=self.threads, source_formats=source_formats,
                                         device=device)
         return PromptedBatch(grid, prompted, raw.extra_columns)
