@@ -58,7 +58,6 @@ import concurrent.futures
 import ctypes
 import dataclasses
 import gc
-import io
 import json
 import logging
 import multiprocessing
@@ -75,7 +74,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import disable_progress_bars
-from PIL import Image
 
 import hf_api_prompt
 from hf_api_prompt import ImagePrompter, masks
@@ -84,34 +82,11 @@ from hf_api_prompt.inputs import open_image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference's one home
 from authors_reference import reference_raw_maps  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import QUESTIONS, set_1024  # noqa: E402  (the benchmarks' one home of their data)
+
 logger = logging.getLogger("bench_clip")
 
-QUESTIONS = [
-    "What is the total price of all the items listed on the receipt in this picture?",
-    "How many people in the photo are wearing glasses, and what are they holding?",
-    "Which country's flag is shown on the building at the left side of the image?",
-    "What is written on the blue sign above the entrance of the small shop?",
-    "Is the person on the right side of the picture older than the person on the left?",
-    "What breed is the dog lying on the sofa, and what color is its collar?",
-    "Which of the two bottles on the table contains more liquid, the green one or the brown one?",
-    "What time does the clock on the wall show, and is it morning or evening outside?",
-    "How many slices of pizza are left in the box on the kitchen counter?",
-    "What is the main ingredient of the dish shown on the white plate in front?",
-    "Can you read the license plate number of the red car parked near the tree?",
-    "What does the chart in the slide say about sales growth between 2019 and 2021?",
-    "Which animal in the picture is closest to the camera, and what is it doing?",
-    "What is the name of the book that the girl on the bench is reading?",
-    "How many windows can you count on the front of the old brick house?",
-    "What sport are the children playing in the field, and which team is winning?",
-    "What is the handwritten equation on the whiteboard, and what is its solution?",
-    "Which fruit in the bowl is not ripe yet, judging from its color and shape?",
-    "What is the weather like in this scene, and what season does it seem to be?",
-    "Where is the cat hiding, under the chair or behind the curtain near the window?",
-    "What is the brand of the laptop on the desk, and is its screen turned on?",
-    "How much does the coffee cost according to the menu board behind the counter?",
-    "Which direction does the arrow on the road sign point, and what town does it name?",
-    "What musical instrument is the man in the black jacket playing on the stage?",
-]
 
 GLIBC = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
 
@@ -255,21 +230,6 @@ def measure_memory(spec: ModelSpec, args, step: str, pixels: torch.Tensor, quest
 
 
 # ----------------------------------------------------------------- the data
-def synthetic_jpegs(count: int, seed: int = 0) -> List[bytes]:
-    """Smooth random colour fields with sensor-like noise, 1024x768 and 768x1024, as JPEG bytes."""
-    rng = np.random.default_rng(seed)
-    encoded = []
-    for index in range(count):
-        size = (1024, 768) if index % 2 == 0 else (768, 1024)
-        coarse = rng.integers(0, 256, size=(size[1] // 128, size[0] // 128, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
-        noisy = np.clip(smooth + rng.normal(0.0, 8.0, smooth.shape), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(noisy).save(buffer, format="JPEG", quality=90)
-        encoded.append(buffer.getvalue())
-    return encoded
-
-
 def questions_for(rows: int) -> List[str]:
     """Distinct questions for up to ``len(QUESTIONS)`` rows, cycling beyond."""
     return [QUESTIONS[i % len(QUESTIONS)] for i in range(rows)]
@@ -416,7 +376,7 @@ def main(argv=None):
     if os.getloadavg()[0] > 0.5:
         logger.warning("1-min load average is %.2f: other processes use the CPUs, so timings will be noisy", os.getloadavg()[0])
     rows = {name: args.batch_size or MODELS[name].batch_size for name in args.models}  # one batch
-    jpegs = synthetic_jpegs(max(rows.values()))
+    jpegs = set_1024(max(rows.values()))
     results, checks = [], []
     for name in args.models:
         result = bench_model(MODELS[name], args, jpegs[:rows[name]])

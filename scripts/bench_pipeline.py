@@ -52,6 +52,7 @@ start and the end. Every ``map`` runs with ``load_from_cache_file=False``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -63,7 +64,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import numpy as np
 import torch
@@ -81,14 +82,30 @@ from hf_api_prompt.prompts import apply_prompt
 logger = logging.getLogger("bench_pipeline")
 
 QUESTIONS = [
-    "What is written on the sign above the door?",
-    "How many people are sitting at the table, and what are they eating?",
-    "Which animal is closest to the camera?",
-    "What colour is the car parked next to the tree?",
-    "What does the chart say about sales growth between 2019 and 2021?",
-    "Is the person on the right older than the person on the left?",
-    "What time does the clock on the wall show?",
-    "Which fruit in the bowl is not ripe yet?",
+    "What is the total price of all the items listed on the receipt in this picture?",
+    "How many people in the photo are wearing glasses, and what are they holding?",
+    "Which country's flag is shown on the building at the left side of the image?",
+    "What is written on the blue sign above the entrance of the small shop?",
+    "Is the person on the right side of the picture older than the person on the left?",
+    "What breed is the dog lying on the sofa, and what color is its collar?",
+    "Which of the two bottles on the table contains more liquid, the green one or the brown one?",
+    "What time does the clock on the wall show, and is it morning or evening outside?",
+    "How many slices of pizza are left in the box on the kitchen counter?",
+    "What is the main ingredient of the dish shown on the white plate in front?",
+    "Can you read the license plate number of the red car parked near the tree?",
+    "What does the chart in the slide say about sales growth between 2019 and 2021?",
+    "Which animal in the picture is closest to the camera, and what is it doing?",
+    "What is the name of the book that the girl on the bench is reading?",
+    "How many windows can you count on the front of the old brick house?",
+    "What sport are the children playing in the field, and which team is winning?",
+    "What is the handwritten equation on the whiteboard, and what is its solution?",
+    "Which fruit in the bowl is not ripe yet, judging from its color and shape?",
+    "What is the weather like in this scene, and what season does it seem to be?",
+    "Where is the cat hiding, under the chair or behind the curtain near the window?",
+    "What is the brand of the laptop on the desk, and is its screen turned on?",
+    "How much does the coffee cost according to the menu board behind the counter?",
+    "Which direction does the arrow on the road sign point, and what town does it name?",
+    "What musical instrument is the man in the black jacket playing on the stage?",
 ]
 
 #: (name, config changes): every output format; the default (``"source"``) first.
@@ -181,20 +198,16 @@ def config_for(changes: Dict[str, Any]) -> PrompterConfig:
     return PrompterConfig(backend="clip", model="ViT-B-16", pretrained=None, layer_index=0, **changes)
 
 
-class Threads:
+@contextlib.contextmanager
+def Threads(count: int) -> Iterator[None]:
     """Within the block, torch's threads and the image pool are ``count`` (emulates a machine of ``count`` cores)."""
-
-    def __init__(self, count: int):
-        self.count, self.before = count, torch.get_num_threads()
-
-    def __enter__(self):
-        torch.set_num_threads(self.count)
-        self.env = parallel.threads_per_process(self.count)
-        self.env.__enter__()
-
-    def __exit__(self, *exc):
-        self.env.__exit__(*exc)
-        torch.set_num_threads(self.before)
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with parallel.threads_per_process(count):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------- 1. image work per row
