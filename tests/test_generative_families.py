@@ -171,6 +171,40 @@ def test_family_from_config_offline(tiny_qwen, tiny_llava_next, tmp_path):
         ImagePrompter("llava", model=str(tmp_path), layer_index=1)
 
 
+def test_qwen_pin_gives_the_fixed_grid_for_every_square():
+    """The processor's smart_resize, with the family's size bounds, maps any square side to the fixed side."""
+    from transformers import Qwen2VLConfig
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    from hf_api_prompt.backends.llava import Qwen2VLFamily
+
+    for patch, merge in ((14, 2), (16, 2), (TINY_QWEN_PATCH, TINY_QWEN_MERGE)):
+        config = Qwen2VLConfig(vision_config=dict(patch_size=patch, spatial_merge_size=merge))
+        family = Qwen2VLFamily(config, "m")
+        assert family.grid() == (QWEN_CELLS, QWEN_CELLS)
+        size = family.processor_kwargs()["size"]
+        side = QWEN_CELLS * patch * merge
+        for square in range(1, 4 * side):
+            got = smart_resize(square, square, factor=patch * merge,
+                               min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+            assert got == (side, side), (patch, square, got)
+
+
+def test_llava_next_refuses_a_cropped_base_view(tiny_llava_next, tmp_path):
+    import shutil
+
+    from transformers import AutoProcessor
+
+    directory = tmp_path / "cropped"
+    shutil.copytree(tiny_llava_next, directory)
+    processor = AutoProcessor.from_pretrained(directory)
+    processor.image_processor.size = {"shortest_edge": 64}  # base view resized to 64, then cropped to 56
+    processor.save_pretrained(directory)
+    prompter = ImagePrompter("llava", model=str(directory), layer_index=LAYER)
+    with pytest.raises(ValueError, match="base image resized to the tower's 56x56 input as a whole"):
+        prompter.backend()
+
+
 # ------------------------------------------------------------------------------------- the method
 def _check(result, reference, tokenizer):
     for i, (heatmap, generated) in enumerate(reference):

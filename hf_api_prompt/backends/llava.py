@@ -1,15 +1,22 @@
-"""Backend "llava": LLaVA-1.5 on transformers, attention of generated tokens over the image.
+"""Backend "llava": generative VLMs on transformers, attention of generated tokens over the image.
 
 docs/method.md, "Backend llava". The model answers the question greedily; at each requested
 decoder layer, on every forward call of that generation, the attention
-of the LAST query position over the image-token positions (softmax restricted to
-those positions, mean over heads) is recorded, and the heatmap is the mean of
-those vectors, reshaped to the vision tower's ``G x G`` patch grid. The mask is
+of the LAST query position over the image-token positions of the heatmap's grid
+(softmax restricted to those positions, mean over heads) is recorded, and the
+heatmap is the mean of those vectors, laid on the grid. The mask is
 the enhanced, smoothed heatmap (:func:`hf_api_prompt.masks.attention_mask`).
+
+The decoder-only VLMs whose image tokens can be found in ``input_ids`` differ only
+in a small :class:`Family` adapter, picked from ``config.json``'s ``model_type``:
+LLaVA-1.5 (``llava``: padded square, the tower's ``G x G`` patches), LLaVA-NeXT
+(``llava_next``: the base image's grid, the first ``G x G`` image tokens, before
+the tiles), Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``: padded square
+pinned to :data:`QWEN_GRID_CELLS` merged cells a side).
 
 Cheap capture: only the requested layers compute explicit attention weights (all of
 them in the same ``generate``), and only one row of them (its last query against the keys, a matrix-vector
-product per head), restricted to the ``G*G`` image positions; every layer, that
+product per head), restricted to the grid's image positions; every layer, that
 one included, still produces its output with the model's own fast kernel (sdpa).
 ``output_attentions`` is never used.
 The swap is scoped: :class:`ImageAttentionCapture` gives each captured attention
@@ -571,7 +578,7 @@ class LlavaGeneration:
         heatmaps: ``{layer_index: float32 [B, gh, gw]}`` raw heatmaps (mean attention over image tokens).
         answers: the decoded answers (special tokens removed, stripped).
         steps: forward calls averaged per sample (= tokens it generated, EOS included).
-        boxes: per image, the grid box of the image inside its padded square.
+        boxes: per image, the grid box of the image (:meth:`Family.box`).
     """
 
     heatmaps: Dict[int, torch.Tensor]
@@ -582,13 +589,15 @@ class LlavaGeneration:
 
 @register_backend
 class LlavaBackend(Backend):
-    """LLaVA-1.5 through transformers' ``LlavaForConditionalGeneration`` (see module docstring).
+    """Generative VLMs of transformers (see module docstring): LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL.
 
-    Defaults: ``llava-hf/llava-1.5-13b-hf``, ``layer_index`` 20 (the reference code's
-    default; its README's example uses 22), greedy answers of at most 20 tokens
-    written to ``api_answer``. ``model`` is a Hub id or a local directory (a plain
-    path or ``local-dir:/path``) holding a transformers LLaVA checkpoint and its
-    processor; ``pretrained`` must stay ``None``.
+    The family comes from the checkpoint's ``config.json`` ``model_type``
+    (:data:`FAMILIES`, read offline in :meth:`resolve_config`); the backend keeps its
+    historical name "llava" for all of them. Defaults: ``llava-hf/llava-1.5-13b-hf``,
+    ``layer_index`` 20 (the reference code's default; its README's example uses 22),
+    greedy answers of at most 20 tokens written to ``api_answer``. ``model`` is a
+    Hub id or a local directory (a plain path or ``local-dir:/path``) holding a
+    transformers checkpoint and its processor; ``pretrained`` must stay ``None``.
 
     Example:
         >>> from hf_api_prompt import ImagePrompter
@@ -719,6 +728,21 @@ class LlavaBackend(Backend):
         return self.family.grid_positions(input_ids)
 
     # -------------------------------------------------------------- generation
+    @contextlib.contextmanager
+    def capturing(self, layers: Sequence[int], input_ids: torch.Tensor):
+        """``with backend.capturing(layers, input_ids) as captures:`` every forward call inside records.
+
+        ``captures`` is ``{layer: ImageAttentionCapture}`` over the grid's image tokens
+        of ``input_ids`` (:meth:`image_positions`); a single prefill through it (e.g.
+        ``self.model(**self.prompt_inputs(images, texts))``) records one step per layer.
+        """
+        positions = self.image_positions(input_ids)
+        with contextlib.ExitStack() as stack:
+            yield {
+                layer: stack.enter_context(ImageAttentionCapture(self.decoder_layers[layer].self_attn, positions))
+                for layer in layers
+            }
+
     @torch.inference_mode()
     def generate(self, images: Sequence[Image.Image], questions: Sequence[str],
                  layers: Optional[Sequence[int]] = None) -> LlavaGeneration:
@@ -731,12 +755,7 @@ class LlavaBackend(Backend):
             _check_layer_index(layer, self.family.num_layers, self.config.model)
         inputs = self.inputs(images, questions)
         prompt_length = inputs["input_ids"].shape[1]
-        positions = self.image_positions(inputs["input_ids"])
-        with contextlib.ExitStack() as stack:
-            captures = {
-                layer: stack.enter_context(ImageAttentionCapture(self.decoder_layers[layer].self_attn, positions))
-                for layer in layers
-            }
+        with self.capturing(layers, inputs["input_ids"]) as captures:
             sequences = self.model.generate(
                 **inputs,
                 do_sample=False,
