@@ -63,7 +63,7 @@ def _letterbox(image, fill):
 
 
 def _greedy_reference(model, inputs, image_positions, eos, grow):
-    """(heatmap vector, generated ids) for one sample: no cache, eager attention, the formula by hand."""
+    """(heatmap vector, generated ids, the prefill's vector) for one sample: no cache, eager attention, the formula by hand."""
     vectors, generated = [], []
     with torch.no_grad():
         for _ in range(MAX_NEW_TOKENS):
@@ -76,7 +76,7 @@ def _greedy_reference(model, inputs, image_positions, eos, grow):
             inputs = grow(inputs, token)
             if token == eos:
                 break
-    return torch.stack(vectors).mean(0), generated
+    return torch.stack(vectors).mean(0), generated, vectors[0]
 
 
 def _append(inputs, token, *zero_extended):
@@ -109,10 +109,10 @@ def _qwen_reference(directory, images):
         inputs.pop("attention_mask")
         positions = (inputs["input_ids"][0] == image_token).nonzero()[:, 0]
         assert len(positions) == QWEN_CELLS ** 2
-        vector, generated = _greedy_reference(
+        vector, generated, prefill = _greedy_reference(
             model, inputs, positions, eos, lambda x, token: _append(x, token, "mm_token_type_ids")
         )
-        results.append((vector.reshape(QWEN_CELLS, QWEN_CELLS), generated))
+        results.append((vector.reshape(QWEN_CELLS, QWEN_CELLS), generated, prefill.reshape(QWEN_CELLS, QWEN_CELLS)))
     return results
 
 
@@ -131,8 +131,8 @@ def _llava_next_reference(directory, images):
         # The base image comes first: the first grid * grid image tokens, consecutive.
         base = image_tokens[: grid * grid]
         assert bool((base == base[0] + torch.arange(grid * grid)).all())
-        vector, generated = _greedy_reference(model, inputs, base, TINY_LLAVA_EOS, _append)
-        results.append((vector.reshape(grid, grid), generated))
+        vector, generated, prefill = _greedy_reference(model, inputs, base, TINY_LLAVA_EOS, _append)
+        results.append((vector.reshape(grid, grid), generated, prefill.reshape(grid, grid)))
     assert len(set(counts)) > 1, counts  # different tile counts: different numbers of image tokens
     return results
 
@@ -207,7 +207,7 @@ def test_llava_next_refuses_a_cropped_base_view(tiny_llava_next, tmp_path):
 
 # ------------------------------------------------------------------------------------- the method
 def _check(result, reference, tokenizer):
-    for i, (heatmap, generated) in enumerate(reference):
+    for i, (heatmap, generated, _) in enumerate(reference):
         assert result.steps[i] == len(generated)
         assert result.answers[i] == tokenizer.decode(generated, skip_special_tokens=True).strip()
         np.testing.assert_allclose(result.heatmaps[LAYER][i].numpy(), heatmap.numpy(), atol=1e-5, rtol=0)
@@ -241,7 +241,7 @@ def _check_map(directory, images, reference):
     out = prompter.map(ds, batch_size=3, load_from_cache_file=False)  # batches of 3 and 1
     cells = reference[0][0].shape[0]
     assert out.features["heatmap"].shape == (cells, cells)
-    for i, (heatmap, _) in enumerate(reference):
+    for i, (heatmap, _, _) in enumerate(reference):
         want = masks.attention_mask(heatmap[None], 5.0, 3)[0].numpy()
         np.testing.assert_allclose(np.asarray(out[i]["heatmap"]), want, atol=1e-4, rtol=0)
         assert out[i]["masked_image"].size == images[i].size
@@ -254,3 +254,24 @@ def test_qwen_map_writes_masks(tiny_qwen, images, qwen_reference):
 def test_llava_next_map_writes_masks(tiny_llava_next, images, llava_next_reference):
     _check_map(tiny_llava_next, images, llava_next_reference)
 
+
+
+# ------------------------------------------------------------------------------ one more prefill
+def _check_prefill(directory, images, reference):
+    """``capturing`` + ``prompt_inputs``: a plain forward call (no generation) records the prefill's map."""
+    backend = ImagePrompter("llava", model=directory, layer_index=LAYER).backend()
+    inputs = backend.prompt_inputs(images, [backend.prompt(q) for q in QUESTIONS])
+    with torch.inference_mode(), backend.capturing([0, LAYER], inputs["input_ids"]) as captures:
+        backend.model(**inputs)
+    assert len(captures[0].steps) == len(captures[LAYER].steps) == 1
+    got = captures[LAYER].heatmaps([1] * len(images))
+    for i, (_, _, prefill) in enumerate(reference):
+        np.testing.assert_allclose(got[i].reshape(prefill.shape).numpy(), prefill.numpy(), atol=1e-5, rtol=0)
+
+
+def test_qwen_one_prefill_through_the_capture(tiny_qwen, images, qwen_reference):
+    _check_prefill(tiny_qwen, images, qwen_reference)
+
+
+def test_llava_next_one_prefill_through_the_capture(tiny_llava_next, images, llava_next_reference):
+    _check_prefill(tiny_llava_next, images, llava_next_reference)

@@ -199,6 +199,8 @@ class Family:
     model_class: str = ""
     #: system message of the conversation, ``None`` for the chat template's own default.
     system_prompt: Optional[str] = None
+    #: whether a prompt holds exactly the grid's image tokens (else at least those, the grid being the first).
+    exact_tokens: bool = True
 
     def __init__(self, hf_config, model: str):
         self.hf_config = hf_config
@@ -244,9 +246,6 @@ class Family:
     def box(self, size: Tuple[int, int], grid: Tuple[int, int]) -> Tuple[float, float, float, float]:
         """Grid-coordinate box of an image of ``size`` ``(W, H)`` (``geometry="aligned"``)."""
         raise NotImplementedError
-
-    #: Whether a prompt holds exactly the grid's image tokens (else: at least, the grid's first).
-    exact_tokens: bool = True
 
     def grid_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[B, gh*gw]`` positions, in each (left-padded) prompt, of the image tokens of the grid, row-major."""
