@@ -32,6 +32,11 @@ averages exactly ``n_i`` vectors: the prefill, then every decoding step whose
 input is one of its own generated tokens, up to the step that produced its EOS;
 the steps in which a finished sample only receives padding are left out. With a
 batch of one this is every forward call of ``generate``, as in the reference code.
+
+Relative attention (``relative_attention=True``, ViCrop's): one more prefill per
+image, with :data:`GENERIC_INSTRUCTION` in place of the question and no generation,
+records the same layers' last-prompt-token vector ``g``; the heatmap is then
+``h / g`` cell by cell, which removes what the model attends to whatever is asked.
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ SYSTEM_PROMPT = (
 )
 #: Used when the processor has no chat template: ``{system} USER: <image>\n{question} ASSISTANT:``.
 FALLBACK_PROMPT = "{system} USER: {image}\n{question} ASSISTANT:"
+
+#: ViCrop's generic instruction (Zhang et al., ICLR 2025): relative attention divides the question's
+#: attention by the attention of this prompt on the same image (``relative_attention=True``).
+GENERIC_INSTRUCTION = "Write a general description of the image."
 
 #: Name under which the capturing attention function is registered in transformers' AttentionInterface.
 CAPTURE_ATTENTION = "hf_api_prompt_last_query_capture"
@@ -631,6 +640,10 @@ class LlavaBackend(Backend):
             raise TypeError(f"answer_column must be a column name or None, got {config.answer_column!r}")
         if not 0 <= config.layer_index:
             raise ValueError(f"layer_index must be >= 0, got {config.layer_index}")
+        if config.relative_attention not in (None, True, False):
+            raise TypeError(f"relative_attention must be True, False or None, got {config.relative_attention!r}")
+        if config.relative_attention is False:
+            config = config.replace(relative_attention=None)  # plain attention: one spelling, one identity
         directory = _local_dir(config.model)
         if directory is None:
             from huggingface_hub.utils import validate_repo_id
@@ -663,14 +676,15 @@ class LlavaBackend(Backend):
         path = _local_path(config.model)
         return config if path is None else config.replace(model=LOCAL_DIR + local_name(str(path)))
 
-    option_fields = ("max_new_tokens", "answer_column")
+    option_fields = ("max_new_tokens", "answer_column", "relative_attention")
     column_option_fields = ("answer_column",)
-    name_fields = ("max_new_tokens",)
+    name_fields = ("max_new_tokens", "relative_attention")
 
     @classmethod
     def name_parts(cls, config: PrompterConfig) -> List[str]:
-        """``t{max_new_tokens}``."""
-        return [] if config.max_new_tokens is None else [f"t{config.max_new_tokens}"]
+        """``t{max_new_tokens}``, then ``rel`` for relative attention."""
+        parts = [] if config.max_new_tokens is None else [f"t{config.max_new_tokens}"]
+        return parts + (["rel"] if config.relative_attention else [])
 
     def __init__(self, config: PrompterConfig, device: torch.device):
         super().__init__(config, device)
@@ -766,10 +780,29 @@ class LlavaBackend(Backend):
         generated = sequences[:, prompt_length:].cpu()
         steps = [self._generated_length(row) for row in generated]
         gh, gw = self.family.grid()
-        heatmaps = {layer: capture.heatmaps(steps).reshape(-1, gh, gw) for layer, capture in captures.items()}
+        heatmaps = {layer: capture.heatmaps(steps) for layer, capture in captures.items()}
+        if self.config.relative_attention:
+            generic = self.prefill_heatmaps(images, [GENERIC_INSTRUCTION] * len(images), layers)
+            # Softmax probabilities are positive; the floor only guards an underflow to 0 in float32.
+            tiny = torch.finfo(torch.float32).tiny
+            heatmaps = {layer: heatmaps[layer] / generic[layer].clamp_min(tiny) for layer in layers}
+        heatmaps = {layer: heatmap.reshape(-1, gh, gw) for layer, heatmap in heatmaps.items()}
         answers = [self.tokenizer.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(generated, steps)]
         boxes = [self.family.box(image.size, (gh, gw)) for image in images]
         return LlavaGeneration(heatmaps=heatmaps, answers=answers, steps=steps, boxes=boxes)
+
+    @torch.inference_mode()
+    def prefill_heatmaps(self, images: Sequence[Image.Image], questions: Sequence[str],
+                         layers: Sequence[int]) -> Dict[int, torch.Tensor]:
+        """``{layer: [B, gh*gw]}``: the last prompt token's attention over the image in ONE prefill, no generation.
+
+        The denominator of relative attention (:data:`GENERIC_INSTRUCTION`): the first of
+        the steps :meth:`generate` averages, for another question on the same images.
+        """
+        inputs = self.inputs(images, questions)
+        with self.capturing(layers, inputs["input_ids"]) as captures:
+            self.model(**inputs, use_cache=False)
+        return {layer: capture.heatmaps([1] * len(images)) for layer, capture in captures.items()}
 
     def _generated_length(self, row: torch.Tensor) -> int:
         """Tokens a sample generated: up to and including its first EOS, else all of them."""
