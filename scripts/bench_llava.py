@@ -9,7 +9,8 @@ processor as it is), greedy ``generate`` with the same ``max_new_tokens`` and
 batch, and decoding. The prompter does all that plus the attention capture at
 one layer, the mask and the blended image. Runs alternate (baseline, prompter,
 prompter, baseline, ...) and the medians are reported, with "generate only"
-timings that isolate the capture's cost.
+timings that isolate the capture's cost, and "relative attn": what
+``relative_attention=True`` adds to the prompter (one more prefill per image).
 
     python scripts/bench_llava.py                              # CPU-sized LLaVA-1.5 (~320M params, fp32)
     python scripts/bench_llava.py --family qwen2_vl            # the same sizes as Qwen2-VL (also llava_next, qwen2_5_vl)
@@ -247,6 +248,15 @@ def main():
             sync()
             return out
 
+        from hf_api_prompt.backends.llava import GENERIC_INSTRUCTION
+
+        def ours_relative():
+            # What relative_attention=True adds to the prompter: one prefill of the generic instruction per image.
+            out = prompter(batch)
+            backend.prefill_heatmaps(images, [GENERIC_INSTRUCTION] * batch_size, [backend.config.layer_index])
+            sync()
+            return out
+
         fixed = plain_inputs()
 
         @torch.inference_mode()
@@ -284,7 +294,8 @@ def main():
         our_answers = ours()["api_answer"]
         print(f"answers identical: {plain_answers == our_answers}")
 
-        pairs = {"end to end": (baseline, ours), "generate only": (generate_only, generate_captured)}
+        pairs = {"end to end": (baseline, ours), "generate only": (generate_only, generate_captured),
+                 "relative attn": (ours, ours_relative)}
         times = {name: ([], []) for name in pairs}
         cpu_times = {name: ([], []) for name in pairs}
         for repeat in range(args.repeats):
@@ -300,7 +311,8 @@ def main():
               "wall-clock median (min), process CPU time median")
         print(f"  {'':<15}{'baseline':>25}{'prompter':>25}{'overhead (wall, cpu)':>24}")
         what = {"end to end": "pad + processor + generate + decode  vs  prompter(batch): + capture, mask, blend",
-                "generate only": "model.generate  vs  the same inside ImageAttentionCapture"}
+                "generate only": "model.generate  vs  the same inside ImageAttentionCapture",
+                "relative attn": "prompter(batch)  vs  the same + one generic-instruction prefill (relative_attention=True)"}
         for name in pairs:
             cells, medians = [], []
             for slot in (0, 1):
