@@ -32,12 +32,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -45,7 +41,7 @@ from PIL import Image
 
 from .. import masks
 from ..config import PrompterConfig
-from .base import LOCAL_DIR, Backend, RawMaps, local_name, register_backend, sha256_file
+from .base import LOCAL_DIR, Backend, RawMaps, checkpoint_dir, checkpoint_path, local_name, register_backend, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -115,57 +111,6 @@ def square_box(size: Tuple[int, int], grid: Tuple[int, int]) -> Tuple[float, flo
 
 
 # ----------------------------------------------------------------------------- model files
-def _local_path(model: str) -> Optional[Path]:
-    """The directory ``model`` names (``local-dir:`` prefix or a path), ``None`` for a Hub id; not checked."""
-    if model.startswith(LOCAL_DIR):
-        return Path(model[len(LOCAL_DIR):]).expanduser()
-    if os.path.isdir(os.path.expanduser(model)) or model.startswith(("/", ".", "~")) or model.count("/") > 1:
-        return Path(model).expanduser()  # a path, not "org/name"
-    return None
-
-
-def _local_dir(model: str) -> Optional[Path]:
-    """The existing directory ``model`` names, ``None`` for a Hub id."""
-    path = _local_path(model)
-    if path is not None and not path.is_dir():
-        raise FileNotFoundError(f"model {model!r}: directory {path} does not exist")
-    return path
-
-
-def weight_files(directory: Path) -> List[Path]:
-    """The weight files ``from_pretrained`` reads from ``directory``, in sorted order.
-
-    safetensors win over ``.bin`` (as in transformers); a sharded checkpoint lists
-    its shards in its index file.
-    """
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (directory / single).is_file():
-            return [directory / single]
-        if (directory / index).is_file():
-            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
-            missing = [name for name in shards if not (directory / name).is_file()]
-            if missing:
-                raise FileNotFoundError(f"{directory}: shards named in {index} are missing: {missing}")
-            return [directory / name for name in shards]
-    raise FileNotFoundError(
-        f"{directory} has no weights (expected model.safetensors, pytorch_model.bin or a sharded index)"
-    )
-
-
-def weights_digest(directory: Path) -> str:
-    """sha256 of the single weight file, or of the ``sha256sum`` manifest of all shards.
-
-    For shards the digest is ``sha256("".join(f"{sha256(f)}  {f.name}\\n" for f in sorted shards))``,
-    i.e. ``sha256sum <shards in sorted order> | sha256sum`` run inside ``directory``.
-    """
-    files = weight_files(directory)
-    if len(files) == 1:
-        return sha256_file(files[0])
-    manifest = "".join(f"{sha256_file(path)}  {path.name}\n" for path in files)
-    return hashlib.sha256(manifest.encode()).hexdigest()
-
-
 @dataclasses.dataclass(frozen=True)
 class _Architecture:
     """What the backend needs from a LLaVA config (read without loading weights)."""
@@ -178,7 +123,7 @@ class _Architecture:
 
 def _architecture(model: str) -> _Architecture:
     transformers = _transformers()
-    directory = _local_dir(model)
+    directory = checkpoint_dir(model)
     if directory is not None and not (directory / "config.json").is_file():
         raise FileNotFoundError(f"model {model!r} has no config.json (expected {directory / 'config.json'})")
     config = transformers.AutoConfig.from_pretrained(str(directory) if directory is not None else model)
@@ -411,7 +356,7 @@ class LlavaBackend(Backend):
             raise TypeError(f"answer_column must be a column name or None, got {config.answer_column!r}")
         if not 0 <= config.layer_index:
             raise ValueError(f"layer_index must be >= 0, got {config.layer_index}")
-        directory = _local_dir(config.model)
+        directory = checkpoint_dir(config.model)
         if directory is None:
             from huggingface_hub.utils import validate_repo_id
 
@@ -440,7 +385,7 @@ class LlavaBackend(Backend):
     @classmethod
     def portable_config(cls, config: PrompterConfig) -> PrompterConfig:
         """A local checkpoint folder as ``local-dir:<folder name>``."""
-        path = _local_path(config.model)
+        path = checkpoint_path(config.model)
         return config if path is None else config.replace(model=LOCAL_DIR + local_name(str(path)))
 
     option_fields = ("max_new_tokens", "answer_column")
@@ -455,7 +400,7 @@ class LlavaBackend(Backend):
     def __init__(self, config: PrompterConfig, device: torch.device):
         super().__init__(config, device)
         transformers = _transformers()
-        directory = _local_dir(config.model)
+        directory = checkpoint_dir(config.model)
         source = str(directory) if directory is not None else config.model
         self.architecture = _architecture(config.model)
         _check_layer_index(config.layer_index, self.architecture.num_layers, config.model)
