@@ -245,3 +245,22 @@ def test_hub_id_is_checked_by_name_only():
     assert prompter.config.weights_sha256 is None
     with pytest.raises(ValueError, match="Repo id"):
         ImagePrompter("clip", model="org/bad name!", layer_index=1)
+
+
+def test_the_tests_conversion_matches_transformers_own_forward(layouts):
+    # The round trip above could hide two mirrored mistakes; transformers' own CLIPModel forward
+    # on this test's conversion must give open_clip's embeddings (float32, same arithmetic: 1e-5).
+    import open_clip
+    from transformers import CLIPModel
+
+    open_clip_model, folder = layouts
+    reference = open_clip.create_model(open_clip_model).eval()
+    converted = CLIPModel.from_pretrained(folder).eval()
+    pixels = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    tokens = open_clip.get_tokenizer(open_clip_model)(QUESTIONS)
+    with torch.no_grad():
+        # transformers 5: the projected embedding is the output's pooler_output.
+        image = converted.get_image_features(pixel_values=pixels).pooler_output
+        text = converted.get_text_features(input_ids=tokens).pooler_output
+        torch.testing.assert_close(image, reference.encode_image(pixels), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(text, reference.encode_text(tokens), rtol=1e-5, atol=1e-5)
