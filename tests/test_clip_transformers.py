@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from hf_api_prompt import ImagePrompter
-from hf_api_prompt.backends.base import weights_digest
+from hf_api_prompt.backends.base import portable_config, weights_digest
+from hf_api_prompt.publishing import variant_name
 
 from conftest import make_local_clip
 
@@ -169,15 +170,18 @@ def test_raw_maps_of_several_blocks_in_one_pass_agree(layouts):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * float(w.abs().max()))
 
 
-def test_folder_is_identified_by_its_weights(layouts, tmp_path):
+def test_folder_is_identified_by_its_weights(layouts):
     _, folder = layouts
     prompter = ImagePrompter("clip", model=str(folder), layer_index=1)
     assert prompter.config.weights_sha256 == weights_digest(folder)
     assert prompter.config.pretrained is None
-    from hf_api_prompt.backends.base import portable_config
-
     assert portable_config(prompter.config).model == "local-dir:tiny-clip"
     assert prompter.grid_shape == (SIZE // PATCH, SIZE // PATCH)
+    # A plain path and local-dir: name one variant, named by the folder and told apart by the weights.
+    by_prefix = ImagePrompter("clip", model=f"local-dir:{folder}", layer_index=1)
+    assert variant_name(by_prefix.config) == variant_name(prompter.config)
+    assert variant_name(prompter.config).startswith("clip-tiny-clip-l1-")
+    assert variant_name(prompter.config) != variant_name(prompter.config.replace(weights_sha256="0" * 64))
 
 
 def test_nothing_loads_before_the_first_batch(layouts, backend_loads):
@@ -243,6 +247,9 @@ def test_unsupported_image_processing(layouts, tmp_path):
 def test_hub_id_is_checked_by_name_only():
     prompter = ImagePrompter("clip", model="openai/clip-vit-large-patch14-336", layer_index=22)
     assert prompter.config.weights_sha256 is None
+    assert variant_name(prompter.config).startswith("clip-openai-clip-vit-large-patch14-336-l22-")
+    with pytest.raises(ValueError, match="pretrained must be None"):
+        ImagePrompter("clip", model="openai/clip-vit-large-patch14-336", pretrained="openai", layer_index=22)
     with pytest.raises(ValueError, match="Repo id"):
         ImagePrompter("clip", model="org/bad name!", layer_index=1)
 
