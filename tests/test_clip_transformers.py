@@ -170,6 +170,21 @@ def test_raw_maps_of_several_blocks_in_one_pass_agree(layouts):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * float(w.abs().max()))
 
 
+def test_low_precision_is_open_clips(layouts):
+    # bfloat16: both layouts cast the same weights the same way (open_clip's mixed precision,
+    # ln in float32) and run in eval mode, so the maps are the same numbers, not just close.
+    open_clip_model, folder = layouts
+    pics = images()
+    want = ImagePrompter("clip", model=open_clip_model, layer_index=2, dtype="bfloat16").backend()
+    got = ImagePrompter("clip", model=str(folder), layer_index=2, dtype="bfloat16").backend()
+    assert not got.model.training
+    assert {n: p.dtype for n, p in got.model.state_dict().items()} == {n: p.dtype for n, p in want.model.state_dict().items()}
+    want, got = (backend.maps(pics, QUESTIONS, [0, 2]) for backend in (want, got))
+    for layer in (0, 2):
+        for name in ("attention", "tokens"):
+            assert torch.equal(got.layers[layer][name], want.layers[layer][name])
+
+
 def test_folder_is_identified_by_its_weights(layouts):
     _, folder = layouts
     prompter = ImagePrompter("clip", model=str(folder), layer_index=1)

@@ -246,7 +246,7 @@ def _load_transformers(source: str, precision: str, device: torch.device):
     del checkpoint
     model = open_clip.CLIP(**model_cfg, cast_dtype=get_cast_dtype(precision))
     model.load_state_dict(state)
-    model.to(device=device)
+    model.eval().to(device=device)
     if precision != "fp32":
         convert_weights_to_lp(model, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
     model.visual.preprocess_cfg = preprocess_cfg
