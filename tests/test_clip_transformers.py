@@ -251,6 +251,11 @@ def test_missing_folder_and_config(tmp_path):
         ImagePrompter("clip", model=str(tmp_path), layer_index=1)
 
 
+def test_open_clip_folder_without_prefix_says_how_to_name_it(layouts):
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json: name it 'local-dir:'"):
+        ImagePrompter("clip", model=layouts[0][len("local-dir:"):], layer_index=1)
+
+
 def test_unsupported_image_processing(layouts, tmp_path):
     folder = copy_without(layouts[1], tmp_path)
     settings = json.loads((folder / "preprocessor_config.json").read_text())

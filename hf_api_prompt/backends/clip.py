@@ -138,7 +138,9 @@ def _converted_config(source: str) -> dict:
     from transformers import AutoConfig
 
     if _is_folder(source) and not (Path(source) / "config.json").is_file():
-        raise FileNotFoundError(f"CLIP checkpoint {source} has no config.json (expected {Path(source) / 'config.json'})")
+        hint = " (it holds open_clip_config.json: name it 'local-dir:' + the path)" \
+            if (Path(source) / "open_clip_config.json").is_file() else ""
+        raise FileNotFoundError(f"CLIP checkpoint {source} has no config.json (expected {Path(source) / 'config.json'}){hint}")
     config = AutoConfig.from_pretrained(source)
     if getattr(config, "model_type", None) != "clip":
         raise ValueError(
