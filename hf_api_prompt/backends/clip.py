@@ -121,7 +121,7 @@ def _converted_preprocess(source: str, image_size: int) -> dict:
     problems = []
     if not (settings.get("do_resize", True) and settings.get("do_center_crop", True)) or edge != image_size or crop != (image_size, image_size):
         problems.append(f"resize to {size} and crop {settings.get('crop_size')} (needed: short side and crop {image_size})")
-    if not settings.get("do_normalize", True) or not settings.get("do_rescale", True) or settings.get("rescale_factor", 1 / 255) != 1 / 255:
+    if not settings.get("do_normalize", True) or not settings.get("do_rescale", True) or abs(settings.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
         problems.append("no 1/255 rescale and normalisation")
     resample = settings.get("resample", 3)
     if resample not in _RESAMPLE:
