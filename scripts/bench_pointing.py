@@ -363,9 +363,9 @@ def main(argv=None) -> int:
 
         layers = list(range(open_clip_config(args.model)["model_cfg"]["vision_cfg"]["layers"]))
     elif layers is None:
-        from hf_api_prompt.backends.llava import _family
+        from hf_api_prompt.backends.llava import model_family
 
-        layers = list(range(_family(args.model).num_layers))
+        layers = list(range(model_family(args.model).num_layers))
     paper_layer = args.paper_layer
     if paper_layer is None:
         paper_layer = DEMO_MODEL_LAYER if args.model == DEMO_MODEL else max(layers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -106,6 +107,58 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- checkpoint folders (transformers layout)
+def checkpoint_path(model: str) -> Optional[Path]:
+    """The directory ``model`` names (``local-dir:`` prefix or a path), ``None`` for a Hub id; not checked."""
+    if model.startswith(LOCAL_DIR):
+        return Path(model[len(LOCAL_DIR):]).expanduser()
+    if os.path.isdir(os.path.expanduser(model)) or model.startswith(("/", ".", "~")) or model.count("/") > 1:
+        return Path(model).expanduser()  # a path, not "org/name"
+    return None
+
+
+def checkpoint_dir(model: str) -> Optional[Path]:
+    """The existing directory ``model`` names, ``None`` for a Hub id."""
+    path = checkpoint_path(model)
+    if path is not None and not path.is_dir():
+        raise FileNotFoundError(f"model {model!r}: directory {path} does not exist")
+    return path
+
+
+def weight_files(directory: Path) -> List[Path]:
+    """The weight files ``from_pretrained`` reads from ``directory``, in sorted order.
+
+    safetensors win over ``.bin`` (as in transformers); a sharded checkpoint lists
+    its shards in its index file.
+    """
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (directory / single).is_file():
+            return [directory / single]
+        if (directory / index).is_file():
+            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
+            missing = [name for name in shards if not (directory / name).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{directory}: shards named in {index} are missing: {missing}")
+            return [directory / name for name in shards]
+    raise FileNotFoundError(
+        f"{directory} has no weights (expected model.safetensors, pytorch_model.bin or a sharded index)"
+    )
+
+
+def weights_digest(directory: Path) -> str:
+    """sha256 of the single weight file, or of the ``sha256sum`` manifest of all shards.
+
+    For shards the digest is ``sha256("".join(f"{sha256(f)}  {f.name}\\n" for f in sorted shards))``,
+    i.e. ``sha256sum <shards in sorted order> | sha256sum`` run inside ``directory``.
+    """
+    files = weight_files(directory)
+    if len(files) == 1:
+        return sha256_file(files[0])
+    manifest = "".join(f"{sha256_file(path)}  {path.name}\n" for path in files)
+    return hashlib.sha256(manifest.encode()).hexdigest()
 
 
 def pick_device(requested: Optional[str], rank: Optional[int]) -> torch.device:

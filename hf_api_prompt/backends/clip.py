@@ -8,6 +8,10 @@ centering and scale, the embedding norm) adds a per-image constant or a positive
 per-image factor, which the min-max normalisation removes. So the result is the
 authors' mask at the cost of ``L + 1`` blocks, and the maps of every block up to
 the deepest requested one come from the same pass.
+
+A CLIP checkpoint in transformers layout (a ``CLIPModel`` folder or Hub id) is read
+by converting its weights into the equivalent open_clip model, so both layouts go
+through the same decomposition (docs/method.md, "Backend clip").
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from PIL import Image
 
 from .. import masks, parallel
 from ..config import PrompterConfig
-from .base import LOCAL_DIR, Backend, RawMaps, local_name, register_backend, sha256_file, slug
+from .base import (
+    LOCAL_DIR, Backend, RawMaps, checkpoint_dir, checkpoint_path, local_name, register_backend, sha256_file, slug,
+    weights_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,10 @@ _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 def _read_local_config(path: str) -> dict:
     config_path = Path(path) / "open_clip_config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"model 'local-dir:{path}' has no open_clip_config.json (expected {config_path})")
+        raise FileNotFoundError(
+            f"model 'local-dir:{path}' has no open_clip_config.json (expected {config_path}) "
+            "nor a transformers config.json"
+        )
     return json.loads(config_path.read_text())
 
 
@@ -47,14 +57,222 @@ def _local_weights(path: str) -> Path:
     raise FileNotFoundError(f"model 'local-dir:{path}' has no weights file (expected one of {list(_WEIGHT_FILES)})")
 
 
+# ----------------------------------------------------------------------------- transformers layout
+#: The tokenizer files a transformers CLIP checkpoint folder must hold (either set).
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+#: PIL resample codes of ``preprocessor_config.json`` -> open_clip's interpolation names.
+_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+def transformers_source(model: str) -> Optional[str]:
+    """The folder or Hub id of a CLIP checkpoint in transformers layout that ``model`` names, ``None`` for open_clip's.
+
+    open_clip names have no ``/`` (built-in), ``hf-hub:`` or ``local-dir:`` with an
+    ``open_clip_config.json``; anything else with a ``/`` is transformers': a
+    ``local-dir:`` or plain folder holding ``config.json``, or an ``org/name`` Hub id.
+    """
+    if model.startswith(HF_HUB):
+        return None
+    if model.startswith(LOCAL_DIR):
+        folder = Path(model[len(LOCAL_DIR):]).expanduser()
+        transformers_layout = not (folder / "open_clip_config.json").is_file() and (folder / "config.json").is_file()
+        return str(folder) if transformers_layout else None
+    if "/" not in model and os.sep not in model and not os.path.isdir(model):
+        return None
+    directory = checkpoint_dir(model)
+    if directory is None:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(model)
+        return model
+    return str(directory)
+
+
+def _is_folder(source: str) -> bool:
+    return os.path.isdir(source)
+
+
+def _checkpoint_json(source: str, name: str) -> dict:
+    """One JSON file of a transformers checkpoint (a folder, or fetched from the Hub)."""
+    if _is_folder(source):
+        path = Path(source) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP checkpoint {source} has no {name} (expected {path})")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(source, name))
+    return json.loads(path.read_text())
+
+
+def _converted_preprocess(source: str, image_size: int) -> dict:
+    """open_clip's ``preprocess_cfg`` for a checkpoint's ``preprocessor_config.json`` (CLIPImageProcessor).
+
+    CLIP's processing (resize the short side to ``shortest_edge``, center-crop
+    ``crop_size``, scale by 1/255, normalise) is open_clip's ``shortest`` mode when
+    the edge, the crop and the model's input size agree; other settings are refused.
+    """
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # CLIPImageProcessor's defaults too
+
+    settings = _checkpoint_json(source, "preprocessor_config.json")
+    size, crop = settings.get("size", image_size), settings.get("crop_size", image_size)
+    edge = size.get("shortest_edge") if isinstance(size, dict) else size
+    crop = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
+    problems = []
+    if not (settings.get("do_resize", True) and settings.get("do_center_crop", True)) or edge != image_size or crop != (image_size, image_size):
+        problems.append(f"resize to {size} and crop {settings.get('crop_size')} (needed: short side and crop {image_size})")
+    if not settings.get("do_normalize", True) or not settings.get("do_rescale", True) or abs(settings.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
+        problems.append("no 1/255 rescale and normalisation")
+    resample = settings.get("resample", 3)
+    if resample not in _RESAMPLE:
+        problems.append(f"resample {resample} (supported: {sorted(_RESAMPLE)})")
+    if problems:
+        raise ValueError(f"backend 'clip' cannot follow the image processing of {source}: {'; '.join(problems)}")
+    return {"size": image_size, "mode": "RGB", "mean": list(settings.get("image_mean", OPENAI_DATASET_MEAN)),
+            "std": list(settings.get("image_std", OPENAI_DATASET_STD)), "interpolation": _RESAMPLE[resample],
+            "resize_mode": "shortest", "fill_color": 0}
+
+
+def _converted_config(source: str) -> dict:
+    """``{"model_cfg", "preprocess_cfg"}`` of the open_clip model equivalent to a transformers ``CLIPModel`` checkpoint."""
+    from transformers import AutoConfig
+
+    if _is_folder(source) and not (Path(source) / "config.json").is_file():
+        hint = " (it holds open_clip_config.json: name it 'local-dir:' + the path)" \
+            if (Path(source) / "open_clip_config.json").is_file() else ""
+        raise FileNotFoundError(f"CLIP checkpoint {source} has no config.json (expected {Path(source) / 'config.json'}){hint}")
+    config = AutoConfig.from_pretrained(source)
+    if getattr(config, "model_type", None) != "clip":
+        raise ValueError(
+            f"backend 'clip' reads transformers checkpoints of model_type 'clip' (CLIPModel); "
+            f"{source} has model_type {getattr(config, 'model_type', None)!r}"
+        )
+    vision, text = config.vision_config, config.text_config
+    activations = {vision.hidden_act, text.hidden_act}
+    if len(activations) > 1 or not activations <= {"quick_gelu", "gelu"}:
+        raise ValueError(f"backend 'clip' needs both towers on quick_gelu or both on gelu; {source} uses {sorted(activations)}")
+    if {vision.layer_norm_eps, text.layer_norm_eps} != {1e-5}:
+        raise ValueError(f"backend 'clip' needs layer_norm_eps 1e-5 (open_clip's); {source} uses "
+                         f"{vision.layer_norm_eps} and {text.layer_norm_eps}")
+
+    def tower(tower_config) -> dict:
+        return {"layers": tower_config.num_hidden_layers, "width": tower_config.hidden_size,
+                "mlp_ratio": tower_config.intermediate_size / tower_config.hidden_size}
+
+    model_cfg = {
+        "embed_dim": config.projection_dim,
+        "quick_gelu": activations == {"quick_gelu"},
+        "vision_cfg": {**tower(vision), "image_size": vision.image_size, "patch_size": vision.patch_size,
+                       "head_width": vision.hidden_size // vision.num_attention_heads},
+        "text_cfg": {**tower(text), "heads": text.num_attention_heads, "context_length": text.max_position_embeddings,
+                     "vocab_size": text.vocab_size},
+    }
+    return {"model_cfg": model_cfg, "preprocess_cfg": _converted_preprocess(source, vision.image_size)}
+
+
+def open_clip_state_dict(state: Dict[str, torch.Tensor], vision_layers: int, text_layers: int) -> Dict[str, torch.Tensor]:
+    """A transformers ``CLIPModel`` state dict in open_clip's ``CLIP`` names.
+
+    Per block, the query, key and value projections become one ``in_proj``
+    (``nn.MultiheadAttention``'s, in that order); the projections are transposed
+    (open_clip multiplies ``x @ proj``).
+    """
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    out = {}
+
+    def blocks(source: str, target: str, count: int):
+        for index in range(count):
+            src, dst = f"{source}.encoder.layers.{index}.", f"{target}.resblocks.{index}."
+            for part in ("weight", "bias"):
+                out[dst + "attn.in_proj_" + part] = torch.cat([state[f"{src}self_attn.{n}_proj.{part}"] for n in "qkv"])
+                for old, new in names.items():
+                    out[f"{dst}{new}.{part}"] = state[f"{src}{old}.{part}"]
+
+    blocks("vision_model", "visual.transformer", vision_layers)
+    blocks("text_model", "transformer", text_layers)
+    for part in ("weight", "bias"):
+        out[f"visual.ln_pre.{part}"] = state[f"vision_model.pre_layrnorm.{part}"]
+        out[f"visual.ln_post.{part}"] = state[f"vision_model.post_layernorm.{part}"]
+        out[f"ln_final.{part}"] = state[f"text_model.final_layer_norm.{part}"]
+    out.update({
+        "visual.class_embedding": state["vision_model.embeddings.class_embedding"],
+        "visual.conv1.weight": state["vision_model.embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": state["vision_model.embeddings.position_embedding.weight"],
+        "visual.proj": state["visual_projection.weight"].T,
+        "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
+        "text_projection": state["text_projection.weight"].T,
+        "logit_scale": state["logit_scale"],
+    })
+    return {name: tensor.contiguous() for name, tensor in out.items()}
+
+
+class CheckpointTokenizer:
+    """A checkpoint's own transformers tokenizer, called as open_clip's: texts -> ``[N, context]`` ids, 0-padded.
+
+    A text longer than the context is cut to it with the end-of-text token last (as
+    open_clip cuts). The text tower pools at the largest id (argmax), which is the
+    end-of-text token's only where that token has the largest id (as in OpenAI's vocabulary).
+    """
+
+    def __init__(self, tokenizer, context_length: int, source: str):
+        eos = tokenizer.eos_token_id
+        if eos is None or eos != max(tokenizer.get_vocab().values()):
+            raise ValueError(
+                f"backend 'clip' pools the text tower at the largest token id; the end-of-text token of {source} "
+                f"({tokenizer.eos_token!r}, id {eos}) is not the largest id"
+            )
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def __call__(self, texts: Sequence[str], context_length: Optional[int] = None) -> torch.Tensor:
+        context = context_length or self.context_length
+        ids = self.tokenizer(list(texts), max_length=context, truncation=True)["input_ids"]
+        tokens = torch.zeros(len(ids), context, dtype=torch.long)
+        for row, sequence in zip(tokens, ids):
+            row[:len(sequence)] = torch.tensor(sequence)
+        return tokens
+
+
+def _load_transformers(source: str, precision: str, device: torch.device):
+    """The open_clip model, image transform and tokenizer of a transformers CLIP checkpoint."""
+    import open_clip
+    from open_clip.model import convert_weights_to_lp, get_cast_dtype
+    from transformers import AutoTokenizer, CLIPModel
+
+    converted = _converted_config(source)
+    model_cfg, preprocess_cfg = converted["model_cfg"], converted["preprocess_cfg"]
+    checkpoint = CLIPModel.from_pretrained(source, dtype=torch.float32)
+    state = open_clip_state_dict(checkpoint.state_dict(), model_cfg["vision_cfg"]["layers"], model_cfg["text_cfg"]["layers"])
+    del checkpoint
+    model = open_clip.CLIP(**model_cfg, cast_dtype=get_cast_dtype(precision))
+    model.load_state_dict(state)
+    model.eval().to(device=device)
+    if precision != "fp32":
+        convert_weights_to_lp(model, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
+    model.visual.preprocess_cfg = preprocess_cfg
+    transform = open_clip.image_transform(
+        preprocess_cfg["size"], is_train=False, mean=preprocess_cfg["mean"], std=preprocess_cfg["std"],
+        resize_mode=preprocess_cfg["resize_mode"], interpolation=preprocess_cfg["interpolation"],
+    )
+    tokenizer = CheckpointTokenizer(AutoTokenizer.from_pretrained(source), model_cfg["text_cfg"]["context_length"], source)
+    return model, transform, tokenizer
+
+
+# ----------------------------------------------------------------------------- open_clip configs
 def open_clip_config(model: str, pretrained: Optional[str] = None) -> dict:
     """``{"model_cfg": ..., "preprocess_cfg": ...}`` for a model name, without loading weights.
 
     For a built-in name, the preprocessing comes from the model config and, when
-    ``pretrained`` is a known tag, from that tag's settings (as open_clip does).
+    ``pretrained`` is a known tag, from that tag's settings (as open_clip does). A
+    transformers checkpoint gives the config of its equivalent open_clip model.
     """
     import open_clip
 
+    source = transformers_source(model)
+    if source is not None:
+        return _converted_config(source)
     if model.startswith(LOCAL_DIR):
         return _read_local_config(model[len(LOCAL_DIR):])
     if model.startswith(HF_HUB):
@@ -103,16 +321,10 @@ class ClipBackend(Backend):
         import open_clip
 
         config = super().resolve_config(config)
-        vision = _vision_cfg(config.model)
-        if not 0 <= config.layer_index < vision["layers"]:
-            raise ValueError(
-                f"layer_index {config.layer_index} is out of range for {config.model!r}, "
-                f"whose image tower has {vision['layers']} blocks (valid: 0..{vision['layers'] - 1})"
-            )
-        if config.geometry == "aligned":
-            problem = _aligned_problem(open_clip_config(config.model, config.pretrained).get("preprocess_cfg", {}))
-            if problem:
-                raise ValueError(f"{problem}; {config.model!r} uses it")
+        source = transformers_source(config.model)
+        if source is not None:
+            return cls._resolve_transformers(config, source)
+        cls._check_model(config)
         digest = None
         if config.model.startswith(LOCAL_DIR):
             digest = sha256_file(_local_weights(config.model[len(LOCAL_DIR):]))
@@ -134,15 +346,51 @@ class ClipBackend(Backend):
         return config.replace(weights_sha256=digest)
 
     @classmethod
+    def _check_model(cls, config: PrompterConfig) -> None:
+        """The layer index and the geometry against the model's config (read without weights)."""
+        vision = _vision_cfg(config.model)
+        if not 0 <= config.layer_index < vision["layers"]:
+            raise ValueError(
+                f"layer_index {config.layer_index} is out of range for {config.model!r}, "
+                f"whose image tower has {vision['layers']} blocks (valid: 0..{vision['layers'] - 1})"
+            )
+        if config.geometry == "aligned":
+            problem = _aligned_problem(open_clip_config(config.model, config.pretrained).get("preprocess_cfg", {}))
+            if problem:
+                raise ValueError(f"{problem}; {config.model!r} uses it")
+
+    @classmethod
+    def _resolve_transformers(cls, config: PrompterConfig, source: str) -> PrompterConfig:
+        """A transformers checkpoint: weights from ``model`` only; a folder is checked and hashed, a Hub id when it loads."""
+        if config.pretrained is not None:
+            raise ValueError(
+                f"{config.model!r} is a transformers CLIP checkpoint, which holds its weights: "
+                f"pretrained must be None, got {config.pretrained!r}"
+            )
+        if not _is_folder(source):
+            if config.layer_index < 0:
+                raise ValueError(f"layer_index must be >= 0, got {config.layer_index}")
+            return config.replace(weights_sha256=None)  # checked against the config when the model loads
+        cls._check_model(config)
+        folder = Path(source)
+        if not any(all((folder / name).is_file() for name in names) for names in _TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"CLIP checkpoint {source} has no tokenizer (expected {' or '.join(' + '.join(n) for n in _TOKENIZER_FILES)})"
+            )
+        return config.replace(weights_sha256=weights_digest(folder))
+
+    @classmethod
     def model_names_weights(cls, config: PrompterConfig) -> bool:
-        return config.model.startswith((LOCAL_DIR, HF_HUB))
+        return config.model.startswith((LOCAL_DIR, HF_HUB)) or "/" in config.model or os.sep in config.model
 
     @classmethod
     def portable_config(cls, config: PrompterConfig) -> PrompterConfig:
-        """A ``local-dir:`` folder by its name, a ``pretrained`` weights file by its file name."""
+        """A ``local-dir:`` or transformers checkpoint folder by its name, a ``pretrained`` weights file by its file name."""
         changes = {}
         if config.model.startswith(LOCAL_DIR):
             changes["model"] = LOCAL_DIR + local_name(config.model[len(LOCAL_DIR):])
+        elif not config.model.startswith(HF_HUB) and checkpoint_path(config.model) is not None:
+            changes["model"] = LOCAL_DIR + local_name(config.model)
         pretrained = config.pretrained
         if pretrained is not None and ("/" in pretrained or os.sep in pretrained or os.path.isfile(pretrained)):
             changes["pretrained"] = local_name(pretrained)
@@ -168,7 +416,15 @@ class ClipBackend(Backend):
         import open_clip
 
         precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
-        logger.info("loading open_clip %s (pretrained=%s) on %s as %s", config.model, config.pretrained, device, precision)
+        logger.info("loading CLIP %s (pretrained=%s) on %s as %s", config.model, config.pretrained, device, precision)
+        source = transformers_source(config.model)
+        if source is not None:
+            if not _is_folder(source):
+                self._check_model(config)  # a Hub id's config is first read here
+            self.model, self.preprocess, self.tokenizer = _load_transformers(source, precision, device)
+            self._check_architecture()
+            self.preprocess_cfg = dict(self.model.visual.preprocess_cfg)
+            return
         if config.model.startswith(HF_HUB):
             # open_clip only logs a warning and goes on with RANDOM weights when an hf-hub model's
             # weights cannot be downloaded; fetching them first makes that failure an error.

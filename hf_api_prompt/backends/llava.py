@@ -44,12 +44,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -57,7 +53,7 @@ from PIL import Image
 
 from .. import masks
 from ..config import PrompterConfig
-from .base import LOCAL_DIR, Backend, RawMaps, local_name, register_backend, sha256_file
+from .base import LOCAL_DIR, Backend, RawMaps, checkpoint_dir, checkpoint_path, local_name, register_backend, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -131,57 +127,6 @@ def square_box(size: Tuple[int, int], grid: Tuple[int, int]) -> Tuple[float, flo
 
 
 # ----------------------------------------------------------------------------- model files
-def _local_path(model: str) -> Optional[Path]:
-    """The directory ``model`` names (``local-dir:`` prefix or a path), ``None`` for a Hub id; not checked."""
-    if model.startswith(LOCAL_DIR):
-        return Path(model[len(LOCAL_DIR):]).expanduser()
-    if os.path.isdir(os.path.expanduser(model)) or model.startswith(("/", ".", "~")) or model.count("/") > 1:
-        return Path(model).expanduser()  # a path, not "org/name"
-    return None
-
-
-def _local_dir(model: str) -> Optional[Path]:
-    """The existing directory ``model`` names, ``None`` for a Hub id."""
-    path = _local_path(model)
-    if path is not None and not path.is_dir():
-        raise FileNotFoundError(f"model {model!r}: directory {path} does not exist")
-    return path
-
-
-def weight_files(directory: Path) -> List[Path]:
-    """The weight files ``from_pretrained`` reads from ``directory``, in sorted order.
-
-    safetensors win over ``.bin`` (as in transformers); a sharded checkpoint lists
-    its shards in its index file.
-    """
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (directory / single).is_file():
-            return [directory / single]
-        if (directory / index).is_file():
-            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
-            missing = [name for name in shards if not (directory / name).is_file()]
-            if missing:
-                raise FileNotFoundError(f"{directory}: shards named in {index} are missing: {missing}")
-            return [directory / name for name in shards]
-    raise FileNotFoundError(
-        f"{directory} has no weights (expected model.safetensors, pytorch_model.bin or a sharded index)"
-    )
-
-
-def weights_digest(directory: Path) -> str:
-    """sha256 of the single weight file, or of the ``sha256sum`` manifest of all shards.
-
-    For shards the digest is ``sha256("".join(f"{sha256(f)}  {f.name}\\n" for f in sorted shards))``,
-    i.e. ``sha256sum <shards in sorted order> | sha256sum`` run inside ``directory``.
-    """
-    files = weight_files(directory)
-    if len(files) == 1:
-        return sha256_file(files[0])
-    manifest = "".join(f"{sha256_file(path)}  {path.name}\n" for path in files)
-    return hashlib.sha256(manifest.encode()).hexdigest()
-
-
 #: Qwen2-VL / Qwen2.5-VL: the side of the fixed merged-cell grid every letterboxed image is resized to
 #: (LLaVA-1.5's 24 x 24; 672 px for 14 px patches merged 2 x 2). docs/method.md, "Generative families".
 QWEN_GRID_CELLS = 24
@@ -420,10 +365,10 @@ FAMILIES = {model_type: family for family in (LlavaFamily, LlavaNextFamily, Qwen
             for model_type in family.model_types}
 
 
-def _family(model: str) -> Family:
+def model_family(model: str) -> Family:
     """The :class:`Family` adapter of ``model``, from its ``config.json`` (no weights read)."""
     transformers = _transformers()
-    directory = _local_dir(model)
+    directory = checkpoint_dir(model)
     if directory is not None and not (directory / "config.json").is_file():
         raise FileNotFoundError(f"model {model!r} has no config.json (expected {directory / 'config.json'})")
     config = transformers.AutoConfig.from_pretrained(str(directory) if directory is not None else model)
@@ -644,13 +589,13 @@ class LlavaBackend(Backend):
             raise TypeError(f"relative_attention must be True, False or None, got {config.relative_attention!r}")
         if config.relative_attention is False:
             config = config.replace(relative_attention=None)  # plain attention: one spelling, one identity
-        directory = _local_dir(config.model)
+        directory = checkpoint_dir(config.model)
         if directory is None:
             from huggingface_hub.utils import validate_repo_id
 
             validate_repo_id(config.model)  # checked against the config when the model loads
             return config.replace(weights_sha256=None)
-        family = _family(config.model)
+        family = model_family(config.model)
         _check_layer_index(config.layer_index, family.num_layers, config.model)
         if not any((directory / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
             raise FileNotFoundError(f"model {config.model!r} has no processor (processor_config.json or preprocessor_config.json)")
@@ -658,7 +603,7 @@ class LlavaBackend(Backend):
 
     @classmethod
     def grid_shape(cls, config: PrompterConfig) -> Tuple[int, int]:
-        return _family(config.model).grid()
+        return model_family(config.model).grid()
 
     @classmethod
     def extra_features(cls, config: PrompterConfig) -> dict:
@@ -673,7 +618,7 @@ class LlavaBackend(Backend):
     @classmethod
     def portable_config(cls, config: PrompterConfig) -> PrompterConfig:
         """A local checkpoint folder as ``local-dir:<folder name>``."""
-        path = _local_path(config.model)
+        path = checkpoint_path(config.model)
         return config if path is None else config.replace(model=LOCAL_DIR + local_name(str(path)))
 
     option_fields = ("max_new_tokens", "answer_column", "relative_attention")
@@ -689,9 +634,9 @@ class LlavaBackend(Backend):
     def __init__(self, config: PrompterConfig, device: torch.device):
         super().__init__(config, device)
         transformers = _transformers()
-        directory = _local_dir(config.model)
+        directory = checkpoint_dir(config.model)
         source = str(directory) if directory is not None else config.model
-        self.family = _family(config.model)
+        self.family = model_family(config.model)
         _check_layer_index(config.layer_index, self.family.num_layers, config.model)
         logger.info("loading %s %s on %s as %s", self.family.model_class, config.model, device, self.dtype)
         self.processor = transformers.AutoProcessor.from_pretrained(source)
