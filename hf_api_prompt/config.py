@@ -110,7 +110,7 @@ class PrompterConfig:
             image; ``"crop"``, the image cut to the box around the mask's mass (docs/method.md).
         blur_radius: ``prompt="blur"`` only: the standard deviation of the Gaussian blur as a fraction of
             the image's shorter side (default 0.05), so one setting suits images of any size.
-        crop_mass: ``prompt="crop"`` only: the share of the mask's total weight that the box holds (default 0.9).
+        crop_mass: ``prompt="crop"`` only: the share of the mask's mass (its weight above the mean) that the box holds (default 0.7).
         crop_padding: ``prompt="crop"`` only: added on each side, as a fraction of the box's side (default 0.1).
         crop_min_size: ``prompt="crop"`` only: the box's least width and height, as fractions of the
             image's (default 0.25).

@@ -124,7 +124,7 @@ def blur(image: Image.Image, grid_u8: np.ndarray, box: Optional[Box], config: Pr
     return Prompted(masks.blend_towards(image, weights, blurred), weights)
 
 
-@register_prompt("crop", {"crop_mass": (0.9, "m"), "crop_padding": (0.1, "p"), "crop_min_size": (0.25, "s")})
+@register_prompt("crop", {"crop_mass": (0.7, "m"), "crop_padding": (0.1, "p"), "crop_min_size": (0.25, "s")})
 def crop(image: Image.Image, grid_u8: np.ndarray, box: Optional[Box], config: PrompterConfig) -> Prompted:
     """The image cut to :func:`crop_box` of the soft mask of ``"mask"`` (ViCrop); ``Prompted.box`` is the box."""
     weights = masks.mask_to_pixels(grid_u8, image.size, Image.Resampling[config.interpolation], box)
@@ -135,9 +135,11 @@ def crop(image: Image.Image, grid_u8: np.ndarray, box: Optional[Box], config: Pr
 def crop_box(weights: np.ndarray, mass: float, padding: float, min_size: float) -> Tuple[int, int, int, int]:
     """The crop of ``prompt="crop"``: ``(left, top, right, bottom)`` in pixels (right, bottom exclusive).
 
-    1. The region: the pixels of highest weight that together hold ``mass`` of the total weight
-       (every pixel at or above the threshold that reaches it, ties included); the start box is
-       their bounding box. An all-zero mask gives the whole image.
+    1. The region: the mask's mass is its weight above the image's mean weight (a soft mask is
+       nowhere zero, and the diffuse rest of the image would otherwise hold much of the total);
+       the region is the pixels of highest weight that together hold ``mass`` of that mass (every
+       pixel at or above the weight where the share is reached, ties included), the start box
+       their bounding box. A mask with no mass (constant, or all zero) gives the whole image.
     2. Padding: each side moves out by ``padding`` times the box's side along it.
     3. Minimum size: a side shorter than ``min_size`` times the image's side along it grows to
        that length about its centre; the box otherwise keeps the region's aspect.
@@ -153,6 +155,7 @@ def crop_box(weights: np.ndarray, mass: float, padding: float, min_size: float) 
     """
     height, width = weights.shape
     values = np.asarray(weights, dtype=np.float64)
+    values = np.clip(values - values.mean(), 0, None)
     total = values.sum()
     if total <= 0:
         return 0, 0, width, height

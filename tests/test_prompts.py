@@ -151,11 +151,16 @@ def test_crop_box_from_first_principles(weights, mass, padding, min_size, expect
 
 
 def test_crop_box_mass_picks_the_strong_region_first():
-    # 100 pixels of 255 (25500) and 100 of 10 (1000), total 26500
+    # 100 pixels of 255 and 100 of 10 in 3600: the mean is 26500 / 3600; the mass is the weight above it
     weights = blob((60, 60), (0, 10, 0, 10, 255), (50, 60, 50, 60, 10))
-    assert prompts.crop_box(weights, 0.9, 0.0, 0.0) == (0, 0, 10, 10)  # 23850 <= 25500: the strong block holds it
-    assert prompts.crop_box(weights, 25500 / 26500, 0.0, 0.0) == (0, 0, 10, 10)  # exactly its share
-    assert prompts.crop_box(weights, 0.99, 0.0, 0.0) == (0, 0, 60, 60)  # 26235 > 25500: both blocks
+    mean = 26500 / 3600
+    strong, weak = 100 * (255 - mean), 100 * (10 - mean)
+    assert prompts.crop_box(weights, 0.9, 0.0, 0.0) == (0, 0, 10, 10)  # 0.9 of the mass lies in the strong block
+    assert prompts.crop_box(weights, strong / (strong + weak), 0.0, 0.0) == (0, 0, 10, 10)  # exactly its share
+    assert prompts.crop_box(weights, 0.999, 0.0, 0.0) == (0, 0, 60, 60)  # more than its share: both blocks
+    # a uniform floor under everything (a soft mask's background) changes nothing: only the excess counts
+    assert prompts.crop_box(weights // 2 + 40, 0.9, 0.0, 0.0) == (0, 0, 10, 10)
+    assert prompts.crop_box(np.full((20, 30), 77, np.uint8), 0.5, 0.0, 0.0) == (0, 0, 30, 20)  # no mass: all
 
 
 def test_crop_box_properties_on_random_masks():
@@ -166,7 +171,8 @@ def test_crop_box_properties_on_random_masks():
         mass, padding, min_size = rng.uniform(0.05, 1), rng.uniform(0, 0.5), rng.uniform(0, 1)
         left, top, right, bottom = prompts.crop_box(weights, mass, padding, min_size)
         assert 0 <= left < right <= width and 0 <= top < bottom <= height
-        assert weights[top:bottom, left:right].sum() >= mass * weights.sum() * (1 - 1e-9)
+        excess = np.clip(weights - weights.mean(), 0, None)  # the mask's mass: the weight above the mean
+        assert excess[top:bottom, left:right].sum() >= mass * excess.sum() * (1 - 1e-9)
         # the minimum side (rounding only grows the box), the image's side where that is shorter
         assert right - left >= min(width, min_size * width) - 1e-9 and bottom - top >= min(height, min_size * height) - 1e-9
 
@@ -245,7 +251,7 @@ def test_a_style_fills_its_own_parameters_and_refuses_the_others():
     assert (config_of().blur_radius, config_of().crop_mass) == (None, None)
     assert config_of(prompt="blur").blur_radius == 0.05
     crop = config_of(prompt="crop")
-    assert (crop.crop_mass, crop.crop_padding, crop.crop_min_size, crop.blur_radius) == (0.9, 0.1, 0.25, None)
+    assert (crop.crop_mass, crop.crop_padding, crop.crop_min_size, crop.blur_radius) == (0.7, 0.1, 0.25, None)
     with pytest.raises(ValueError, match=r"blur_radius=0.1 is a parameter of prompt style 'blur', not of prompt='mask'"):
         config_of(blur_radius=0.1)
     with pytest.raises(ValueError, match=r"crop_mass=0.5 is a parameter of prompt style 'crop', not of prompt='blur'"):
@@ -288,7 +294,7 @@ def test_variant_names_spell_the_style_and_its_parameters():
     assert named() == "clip-vit-b-16-random-l2-e5-k3-lanczos-g0"  # unchanged: the names published before the styles
     assert named(prompt="blur") == "clip-vit-b-16-random-l2-e5-k3-lanczos-g0-blur-r0p05"
     assert named(prompt="blur", blur_radius=0.125) == "clip-vit-b-16-random-l2-e5-k3-lanczos-g0-blur-r0p125"
-    assert named(prompt="crop") == "clip-vit-b-16-random-l2-e5-k3-lanczos-g0-crop-m0p9-p0p1-s0p25"
+    assert named(prompt="crop") == "clip-vit-b-16-random-l2-e5-k3-lanczos-g0-crop-m0p7-p0p1-s0p25"
     assert (named(prompt="crop", crop_mass=0.5, crop_padding=0, crop_min_size=1, geometry="aligned")
             == "clip-vit-b-16-random-l2-e5-k3-lanczos-g0-aligned-crop-m0p5-p0-s1")
 

@@ -109,7 +109,7 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     local weights by their folder name; clip's ``hf-hub:org/name`` as ``org-name``).
     ``pretrained`` appears unless it is the backend's default for its default model
     or the model id names the weights (``random`` for random weights); ``prompt`` unless it is
-    ``"mask"``, followed by the style's parameters (``blur-r0p05``, ``crop-m0p9-p0p1-s0p25``: each
+    ``"mask"``, followed by the style's parameters (``blur-r0p05``, ``crop-m0p7-p0p1-s0p25``: each
     :func:`~hf_api_prompt.prompts.register_prompt` prefix and its exact value); ``geometry``
     unless it is ``"paper"``; ``format`` unless it is ``"png"`` (the stored images: ``jpeg75``,
     ``source75``, i.e. the ``image_format`` and its ``jpeg_quality``; PNG, lossless, is what every
