@@ -108,3 +108,23 @@ def test_a_blur_variant_is_exported_as_an_ordinary_task(published, tmp_path):
     for doc, want in zip(loaded.test_docs(), prompters["blur"].map(source)):
         [shown] = loaded.doc_to_visual(doc)
         np.testing.assert_array_equal(np.asarray(shown), np.asarray(want["masked_image"].convert("RGB")))
+
+
+def test_the_command_line_sweeps_the_styles_from_one_maps_pass(tmp_path):
+    """run --maps-only, then remask --prompt blur --blur-radius (two values) and --prompt crop, then export a crop recipe."""
+    from hf_api_prompt.cli import main
+    from hf_api_prompt.publishing.layout import read_index
+
+    assert main(["run", "--output-dir", str(tmp_path / "maps"), "--layer-index", "1", "--maps-only", "--limit", "2"]) == 0
+    assert main(["remask", "--maps", str(tmp_path / "maps"), "--output-dir", str(tmp_path / "variants"), "--prompt", "blur",
+                 "--blur-radius", "0.02", "0.1", "--preview-rows", "0"]) == 0
+    assert main(["remask", "--maps", str(tmp_path / "maps"), "--output-dir", str(tmp_path / "variants"), "--prompt", "crop",
+                 "--crop-mass", "0.5", "--crop-min-size", "0.2", "--preview-rows", "0"]) == 0
+    index = read_index(tmp_path / "variants")
+    configs = sorted((index[name].config for name in index.names()), key=lambda c: (c.prompt, c.blur_radius or 0))
+    assert [(c.prompt, c.blur_radius, c.crop_mass, c.crop_min_size) for c in configs] == [
+        ("blur", 0.02, None, None), ("blur", 0.1, None, None), ("crop", None, 0.5, 0.2)]
+    assert main(["export-lmms-eval", "--dataset-dir", str(tmp_path / "maps"), "--base-task", "mme", "--prompt", "crop",
+                 "--crop-mass", "0.5", "--crop-min-size", "0.2", "--output-dir", str(tmp_path / "tasks")]) == 0
+    crop_name = next(name for name in index.names() if "-crop-" in name)
+    assert (tmp_path / "tasks" / f"{lmms_eval_task_name('mme', crop_name)}.py").is_file()  # named as the variant
