@@ -102,7 +102,8 @@ class PrompterConfig:
         kernel_size: odd size of the mean filter applied on the grid, or ``"auto"`` (the
             prompter sets the size for its grid: :func:`hf_api_prompt.masks.auto_kernel_size`).
         interpolation: PIL filter used to resize the grid mask to the image.
-        grayscale: value (0-255) that masked-out pixels are blended towards.
+        grayscale: value (0-255) that masked-out pixels are blended towards (``prompt="mask"``; the
+            other styles do not read it).
         geometry: ``"paper"`` stretches the grid over the whole image as the authors
             did; ``"aligned"`` maps each cell back onto the pixels the model saw.
         prompt: the visual prompt style (:func:`hf_api_prompt.prompts.available_prompts`):
