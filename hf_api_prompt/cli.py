@@ -46,6 +46,13 @@ def _field_parser(field: dataclasses.Field):
     if field.name == "kernel_size":
         words["auto"] = "auto"
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    if base is bool:  # bool("false") is True: spell the values out
+        words.update({"true": True, "false": False})
+
+        def base(text: str):
+            raise ValueError(text)
+
+        base.__name__ = "bool"
 
     def parse(text: str):
         if text.lower() in words:

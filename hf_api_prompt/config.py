@@ -20,8 +20,8 @@ from ._version import __version__
 GEOMETRIES = ("paper", "aligned")
 #: Fields added after the first release, with their defaults: at the default they are not part of a
 #: variant's identity, so the variants published before them keep their names.
-LATER_FIELDS = {"prompt": "mask", "image_format": "png", "jpeg_quality": None, "blur_radius": None, "crop_mass": None,
-                "crop_padding": None, "crop_min_size": None}
+LATER_FIELDS = {"prompt": "mask", "image_format": "png", "jpeg_quality": None, "relative_attention": None,
+                "blur_radius": None, "crop_mass": None, "crop_padding": None, "crop_min_size": None}
 #: The parameter fields of each prompt style (filled by :func:`hf_api_prompt.prompts.register_prompt`):
 #: ``{style: {field: (default, name prefix)}}``. A style's fields take their default when it is selected
 #: and left ``None``; the fields of the other styles must be ``None``.
@@ -133,6 +133,9 @@ class PrompterConfig:
         dtype: ``None`` follows the device: float16 on CUDA, float32 on CPU.
         max_new_tokens: generation length of a generative backend (llava); ``None`` elsewhere.
         answer_column: where a generative backend writes its own answer; ``None`` elsewhere.
+        relative_attention: a generative backend's map option (ViCrop's relative attention): ``True``
+            divides the question's attention by that of a generic instruction on the same image;
+            ``None`` (or ``False``, which means the same) is the plain attention; ``None`` elsewhere.
         weights_sha256: content hash of local weights, filled in by the backend.
         library_version: stamped automatically.
 
@@ -168,6 +171,7 @@ class PrompterConfig:
     dtype: Optional[str] = None
     max_new_tokens: Optional[int] = None
     answer_column: Optional[str] = None
+    relative_attention: Optional[bool] = None
     weights_sha256: Optional[str] = None
     library_version: str = __version__
 

@@ -3,6 +3,7 @@
     python scripts/bench_pointing.py                                # bundled demo model, 500 held-out scenes, every block: about a minute on 2 cores
     python scripts/bench_pointing.py --layers 1                     # block 1 only, a fraction of that
     python scripts/bench_pointing.py --model local-dir:/tmp/clip --json pointing.json
+    python scripts/bench_pointing.py --backend llava --model DIR    # a generative VLM: plain and relative attention
 
 Scenes: ``hf_api_prompt.scenes.make_scene(seed, (112, 112), min_objects=2)``
 for seeds ``--first-seed`` .. ``--first-seed + --scenes - 1`` (default
@@ -28,6 +29,12 @@ asked for, as the library's maps stage computes them for a sweep:
   method uses it;
 - ``union``: ``clip_mask(A, T)``, the method's mask (the product's heatmap);
   ``union`` with kernel 3 is the paper-default pipeline.
+
+With ``--backend llava`` (any generative family of the backend) the maps are the
+backend's plain ``attention`` and ViCrop's ``relative`` attention (the plain heatmap
+over one prefill's heatmap for the generic instruction, shared by the real and the
+control questions of a batch), both through the backend's recipe
+(``masks.attention_mask``); the product's mask is ``attention`` (the default).
 
 Geometry: a cell is mapped to image pixels with the product's ``"aligned"``
 geometry, through ``backend.grid_box(image.size)``; the default square scenes
@@ -159,40 +166,105 @@ def control_question(scene: Scene, seed: int) -> str:
 
 
 # ---------------------------------------------------------------- benchmark
-def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112), batch_size: int = 100) -> dict:
+class ClipMaps:
+    """The clip backend's maps for the table: ``attention``, ``token``, ``union`` (see the module docstring)."""
+
+    names = MAPS
+    product = "union"  # the method's mask
+
+    def __init__(self, model: str, layers: Sequence[int]):
+        # Built for the deepest layer, the backend reads every shallower one on the way there.
+        self.backend = ImagePrompter("clip", model=model, layer_index=max(layers), enhance_coe=ENHANCE_COE).backend()
+        self.layers = layers
+        self.grid_shape = tuple(self.backend.model.visual.grid_size)
+        self.blocks = len(self.backend.model.visual.transformer.resblocks)
+        self.grid_box = self.backend.grid_box
+
+    def raw(self, images, question_sets: Sequence[Sequence[str]]) -> List[dict]:
+        """Per question set, ``{layer: raw maps}``: one image pass, one text encoding and image read-out per set."""
+        with torch.inference_mode():
+            pixels = self.backend.pixels(images)
+            return [self.backend.raw_maps(pixels, self.backend.encode_questions(questions), self.layers)
+                    for questions in question_sets]
+
+    @staticmethod
+    def variants(raw: dict, kernel_size: int) -> Dict[str, torch.Tensor]:
+        return variant_maps(raw["attention"], raw["tokens"], kernel_size)
+
+
+class GenerativeMaps:
+    """The llava backend's maps: ``attention`` (plain) and ``relative`` (ViCrop's, over the generic instruction).
+
+    One ``generate`` per question set gives the plain heatmaps of every layer; one
+    prefill of the generic instruction per image batch gives the denominator that both
+    sets share (it does not depend on the question). Both maps go through the
+    backend's recipe (``masks.attention_mask``).
+    """
+
+    names = ("attention", "relative")
+    product = "attention"
+
+    def __init__(self, model: str, layers: Sequence[int], max_new_tokens: int):
+        from hf_api_prompt.backends.llava import GENERIC_INSTRUCTION
+
+        self.backend = ImagePrompter("llava", model=model, layer_index=max(layers), enhance_coe=ENHANCE_COE,
+                                     max_new_tokens=max_new_tokens).backend()
+        self.generic = GENERIC_INSTRUCTION
+        self.layers = layers
+        self.grid_shape = self.backend.family.grid()
+        self.blocks = self.backend.family.num_layers
+        self.grid_box = lambda size: self.backend.family.box(size, self.grid_shape)
+
+    def raw(self, images, question_sets: Sequence[Sequence[str]]) -> List[dict]:
+        generic = self.backend.prefill_heatmaps(images, [self.generic] * len(images), self.layers)
+        out = []
+        for questions in question_sets:
+            heatmaps = self.backend.generate(images, questions, self.layers).heatmaps
+            out.append({layer: {"attention": heatmaps[layer], "generic": generic[layer].reshape(heatmaps[layer].shape)}
+                        for layer in self.layers})
+        return out
+
+    @staticmethod
+    def variants(raw: dict, kernel_size: int) -> Dict[str, torch.Tensor]:
+        tiny = torch.finfo(torch.float32).tiny
+        return {"attention": masks.attention_mask(raw["attention"], ENHANCE_COE, kernel_size),
+                "relative": masks.attention_mask(raw["attention"] / raw["generic"].clamp_min(tiny), ENHANCE_COE, kernel_size)}
+
+
+def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112), batch_size: int = 100,
+        backend: str = "clip", max_new_tokens: int = 5) -> dict:
     """Scores of every (layer, map, kernel) and of the baselines, overall and per question type.
+
+    ``backend``: ``"clip"`` (maps ``attention``, ``token``, ``union``) or ``"llava"``
+    (``attention``, ``relative``; ``max_new_tokens`` per answer).
 
     Returns ``{"rows": [{"layer_index", "map", "kernel_size", "hit", "mass",
     "control_hit", "hit_by_type": {...}, "mass_by_type": {...}}], "baselines": [...], "n": ...,
-    "n_by_type": {...}, "blocks": number of blocks of the image tower, "auto_kernel_size": what
-    kernel_size "auto" is on this grid}``. The rows are ordered by layer, kernel, map.
+    "n_by_type": {...}, "blocks": number of blocks of the model, "auto_kernel_size": what
+    kernel_size "auto" is on this grid, "maps", "product": the map the backend's mask is}``.
+    The rows are ordered by layer, kernel, map.
     """
     scenes = [make_scene(seed, size, min_objects=2) for seed in seeds]
     controls = [control_question(scene, seed) for scene, seed in zip(scenes, seeds)]
     types = np.array([s.question_type for s in scenes])
     layers = list(dict.fromkeys(layers))
-    # Built for the deepest layer, the backend reads every shallower one on the way there.
-    backend = ImagePrompter("clip", model=model, layer_index=max(layers), enhance_coe=ENHANCE_COE).backend()
-    grid_shape = tuple(backend.model.visual.grid_size)
-    blocks = len(backend.model.visual.transformer.resblocks)
+    source = ClipMaps(model, layers) if backend == "clip" else GenerativeMaps(model, layers, max_new_tokens)
+    grid_shape = source.grid_shape
     kernels = {kernel: masks.auto_kernel_size(grid_shape) if kernel == "auto" else kernel for kernel in KERNEL_SIZES}
-    grid_boxes = [backend.grid_box(s.image.size) for s in scenes]
+    grid_boxes = [source.grid_box(s.image.size) for s in scenes]
     insides = [cells_inside(grid_shape, gb, s.image.size, s.target.box) for s, gb in zip(scenes, grid_boxes)]
     results: Dict[Tuple[int, str, object], Dict[str, list]] = {
         (layer, name, kernel): {"hit": [], "mass": [], "control_hit": []}
-        for layer in layers for kernel in KERNEL_SIZES for name in MAPS
+        for layer in layers for kernel in KERNEL_SIZES for name in source.names
     }
     for start in range(0, len(scenes), batch_size):
         batch = scenes[start:start + batch_size]
-        with torch.inference_mode():
-            pixels = backend.pixels([s.image for s in batch])
-            real = backend.raw_maps(pixels, backend.encode_questions([s.question for s in batch]), layers)
-            control = backend.raw_maps(pixels, backend.encode_questions(controls[start:start + batch_size]), layers)
+        real, control = source.raw([s.image for s in batch], [[s.question for s in batch], controls[start:start + batch_size]])
         for layer in layers:
             for kernel, kernel_size in kernels.items():
-                real_maps = variant_maps(real[layer]["attention"], real[layer]["tokens"], kernel_size)
-                control_maps = variant_maps(control[layer]["attention"], control[layer]["tokens"], kernel_size)
-                for name in MAPS:
+                real_maps = source.variants(real[layer], kernel_size)
+                control_maps = source.variants(control[layer], kernel_size)
+                for name in source.names:
                     entry = results[layer, name, kernel]
                     for i, inside in enumerate(insides[start:start + batch_size]):
                         entry["hit"].append(pointing_hit(real_maps[name][i].numpy(), inside))
@@ -217,8 +289,9 @@ def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112)
             baseline_values[name]["mass"].append(mass)
     baselines = [{"baseline": name, **summary(values)} for name, values in baseline_values.items()]
     counts = {t: int((types == t).sum()) for t in QUESTION_TYPES}
-    return {"rows": rows, "baselines": baselines, "n": len(scenes), "n_by_type": counts, "blocks": blocks,
-            "grid": list(grid_shape), "auto_kernel_size": kernels["auto"]}
+    return {"rows": rows, "baselines": baselines, "n": len(scenes), "n_by_type": counts, "blocks": source.blocks,
+            "grid": list(grid_shape), "auto_kernel_size": kernels["auto"], "maps": list(source.names),
+            "product": source.product, "backend": backend}
 
 
 def setting_name(row: dict, report: dict) -> str:
@@ -232,7 +305,7 @@ def format_table(report: dict, paper_layer: int) -> str:
     lines = [f"pointing game, {report['n']} held-out scenes (by type: " +
              ", ".join(f"{t} {n}" for t, n in report["n_by_type"].items()) + ")", header, "-" * len(header)]
     for row in report["rows"]:
-        mark = "  <- product mask at the bundled layer" if (row["map"], row["kernel_size"], row["layer_index"]) == ("union", 3, paper_layer) else ""
+        mark = "  <- product mask at the marked layer" if (row["map"], row["kernel_size"], row["layer_index"]) == (report["product"], 3, paper_layer) else ""
         by_type = " ".join(f"{row['hit_by_type'][t]:6.3f}" for t in QUESTION_TYPES)
         lines.append(f"{setting_name(row, report):<30} "
                      f"{row['hit']:6.3f} {by_type} {row['mass']:6.3f} {row['control_hit']:8.3f}{mark}")
@@ -245,12 +318,13 @@ def format_table(report: dict, paper_layer: int) -> str:
     lines.append(f"best: {setting_name(best, report)} hit {best['hit']:.3f} = "
                  f"{best['hit'] / random_object['hit']:.2f}x random object ({random_object['hit']:.3f}); "
                  f"control {best['control_hit']:.3f}")
-    # The paper's pipeline: union with the inverted token map, kernel 3, at the bundled layer and at the
-    # second-to-last block (the paper's 22 of 24 blocks).
+    # The paper's pipeline (clip: union with the inverted token map; llava: the attention map), kernel 3, at the
+    # bundled layer and at the second-to-last block (the paper's 22 of 24 blocks).
+    product = report["product"]
     for layer in dict.fromkeys((paper_layer, report["blocks"] - 2)):
-        paper = next((r for r in report["rows"] if (r["map"], r["kernel_size"], r["layer_index"]) == ("union", 3, layer)), None)
+        paper = next((r for r in report["rows"] if (r["map"], r["kernel_size"], r["layer_index"]) == (product, 3, layer)), None)
         if paper is not None:
-            lines.append(f"paper-default pipeline (union k3) at L{layer}: hit {paper['hit']:.3f} = "
+            lines.append(f"paper-default pipeline ({product} k3) at L{layer}: hit {paper['hit']:.3f} = "
                          f"{paper['hit'] / random_object['hit']:.2f}x random object; control {paper['control_hit']:.3f}")
     lines.append(f"kauto: hf_api_prompt.masks.auto_kernel_size of the {report['grid'][0]}x{report['grid'][1]} grid = "
                  f"{report['auto_kernel_size']} (the paper's 3 on 24x24, scaled to this grid)")
@@ -259,10 +333,14 @@ def format_table(report: dict, paper_layer: int) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEMO_MODEL, help="open_clip model for ImagePrompter (default: the bundled demo model)")
+    parser.add_argument("--backend", choices=("clip", "llava"), default="clip",
+                        help="clip: attention, token and union maps; llava (any generative family): plain and relative attention")
+    parser.add_argument("--model", default=None,
+                        help="model for ImagePrompter (default for clip: the bundled demo model; llava needs a checkpoint folder or Hub id)")
+    parser.add_argument("--max-new-tokens", type=int, default=5, help="llava: answer length (default 5)")
     parser.add_argument("--layers", type=int, nargs="*", default=None, help="layer_index values (default: all blocks)")
-    parser.add_argument("--paper-layer", type=int, default=DEMO_MODEL_LAYER,
-                        help="layer_index whose union-k3 row (the product's mask) is marked (default: the bundled model's)")
+    parser.add_argument("--paper-layer", type=int, default=None,
+                        help="layer_index whose k3 product-mask row is marked (default: the bundled model's for clip, the deepest for llava)")
     parser.add_argument("--scenes", type=int, default=500)
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
     parser.add_argument("--size", type=int, default=112, help="square scene side in pixels")
@@ -275,16 +353,28 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.first_seed + args.scenes > 1_000_000:
         parser.error("seeds from 1,000,000 up are training scenes (scripts/train_demo_clip.py)")
+    if args.model is None:
+        if args.backend != "clip":
+            parser.error("--backend llava needs --model (a checkpoint folder or Hub id)")
+        args.model = DEMO_MODEL
     layers = args.layers
-    if layers is None:
+    if layers is None and args.backend == "clip":
         from hf_api_prompt.backends.clip import open_clip_config
 
         layers = list(range(open_clip_config(args.model)["model_cfg"]["vision_cfg"]["layers"]))
+    elif layers is None:
+        from hf_api_prompt.backends.llava import _family
+
+        layers = list(range(_family(args.model).num_layers))
+    paper_layer = args.paper_layer
+    if paper_layer is None:
+        paper_layer = DEMO_MODEL_LAYER if args.model == DEMO_MODEL else max(layers)
     start = time.perf_counter()
-    report = run(args.model, layers, range(args.first_seed, args.first_seed + args.scenes), (args.size, args.size))
+    report = run(args.model, layers, range(args.first_seed, args.first_seed + args.scenes), (args.size, args.size),
+                 backend=args.backend, max_new_tokens=args.max_new_tokens)
     report.update(model=args.model, first_seed=args.first_seed, size=args.size, enhance_coe=ENHANCE_COE,
                   seconds=round(time.perf_counter() - start, 1))
-    print(format_table(report, args.paper_layer))
+    print(format_table(report, paper_layer))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=1, sort_keys=True)

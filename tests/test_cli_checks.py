@@ -212,6 +212,9 @@ def test_weights_that_cannot_be_downloaded_are_one_line(tmp_path, capsys, offlin
         ("--kernel-size", "3.0", r"argument --kernel-size: invalid int value: '3.0'"),
         ("--layer-index", "one", r"argument --layer-index: invalid int value: 'one'"),
         ("--grayscale", "300", r"error: grayscale must be an int in \[0, 255\], got 300"),
+        ("--relative-attention", "yes", r"argument --relative-attention: invalid bool value: 'yes'"),
+        # a bool flag's value is parsed, not truth-tested: "false" reaches the backend check as False
+        ("--relative-attention", "false", r"error: relative_attention applies to backend 'llava', not to 'clip'"),
     ],
 )
 def test_bad_numbers_on_the_command_line(tmp_path, capsys, no_model, flag, value, message):

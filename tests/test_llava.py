@@ -17,6 +17,7 @@ from PIL import Image
 
 from hf_api_prompt import ImagePrompter, RowError, masks
 from hf_api_prompt.backends.llava import CAPTURE_ATTENTION, SYSTEM_PROMPT, ImageAttentionCapture
+from hf_api_prompt.publishing.variants import variant_name
 
 from compare import assert_heatmaps_close, assert_image_lists_close, stored_image
 from conftest import TINY_LLAVA_EOS as EOS, TINY_LLAVA_GRID as GRID, make_local_llava
@@ -157,6 +158,50 @@ def test_batch_equals_one_at_a_time_and_counts_own_steps(prompter, images, refer
         want = masks.attention_mask(reference[i][0][None], 5.0, 3)[0].numpy()
         np.testing.assert_allclose(out["heatmap"][i], want, atol=1e-4, rtol=0)
     assert out["api_answer"] == result.answers[:3]
+
+
+def test_relative_attention_divides_by_a_generic_prefill(tiny_llava, images, reference):
+    """ViCrop's relative attention: the question's heatmap over ONE prefill's heatmap for the generic instruction."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava, attn_implementation="eager").eval()
+    fill = tuple(int(x * 255) for x in processor.image_processor.image_mean)
+    generic = []
+    for image in images:
+        text = f"{SYSTEM_PROMPT} USER: <image>\nWrite a general description of the image. ASSISTANT:"
+        inputs = processor(images=[_pad_square(image, fill)], text=[text], return_tensors="pt")
+        on_image = (inputs["input_ids"][0] == 4).nonzero()[:, 0]
+        with torch.no_grad():
+            probs = model(**inputs, output_attentions=True, use_cache=False).attentions[LAYER][0, :, -1, on_image]
+        generic.append((probs / probs.sum(-1, keepdim=True)).mean(0).reshape(GRID, GRID))
+    relative = ImagePrompter("llava", model=tiny_llava, layer_index=LAYER, max_new_tokens=MAX_NEW_TOKENS,
+                             relative_attention=True)
+    result = relative.backend().generate(images, QUESTIONS)  # batched: the generic prefill is batched too
+    assert result.steps == [steps for _, _, steps in reference]  # the answers are the question's
+    for i, ((heatmap, _, _), denominator) in enumerate(zip(reference, generic)):
+        # Both vectors are within ~1e-7 of the reference (float32 sums of <= 64 terms near 1/64); their ratio near 1
+        # is then within ~1e-5 relative.
+        np.testing.assert_allclose(result.heatmaps[LAYER][i].numpy(), (heatmap / denominator).numpy(), rtol=1e-5, atol=0)
+        assert not np.allclose((heatmap / denominator).numpy(), heatmap.numpy() * GRID * GRID, rtol=1e-2)  # not plain
+    out = relative({"image": images[:2], "question": QUESTIONS[:2]})
+    for i in range(2):
+        want = masks.attention_mask((reference[i][0] / generic[i])[None], 5.0, 3)[0].numpy()
+        np.testing.assert_allclose(out["heatmap"][i], want, atol=1e-4, rtol=0)
+
+
+def test_relative_attention_is_a_recorded_option(tiny_llava):
+    plain = ImagePrompter("llava", model=tiny_llava, layer_index=LAYER, max_new_tokens=MAX_NEW_TOKENS)
+    off = ImagePrompter("llava", model=tiny_llava, layer_index=LAYER, max_new_tokens=MAX_NEW_TOKENS, relative_attention=False)
+    on = ImagePrompter("llava", model=tiny_llava, layer_index=LAYER, max_new_tokens=MAX_NEW_TOKENS, relative_attention=True)
+    assert plain.config == off.config and plain.config.relative_attention is None  # False is plain attention, stored unset
+    # Local weights: the name ends in the config's hash, which differs with the option as well.
+    on_name, plain_name = variant_name(on.config), variant_name(plain.config)
+    assert on_name.rsplit("-h", 1)[0] == plain_name.rsplit("-h", 1)[0] + "-rel" and on_name != plain_name
+    with pytest.raises(TypeError, match="relative_attention must be True, False or None"):
+        ImagePrompter("llava", model=tiny_llava, layer_index=LAYER, relative_attention="yes")
+    with pytest.raises(ValueError, match="relative_attention applies to backend 'llava', not to 'clip'"):
+        ImagePrompter("clip", model="ViT-B-16", pretrained=None, layer_index=0, relative_attention=True)
 
 
 def test_capture_is_scoped_to_one_layer(prompter, images):

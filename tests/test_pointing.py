@@ -118,3 +118,18 @@ def test_shipped_model_points_at_the_asked_object():
     for auto in (r for r in report["rows"] if r["kernel_size"] == "auto"):
         k1 = next(r for r in report["rows"] if (r["layer_index"], r["map"], r["kernel_size"]) == (auto["layer_index"], auto["map"], 1))
         assert {**auto, "kernel_size": 1} == k1
+
+
+def test_generative_maps_generic_prefill_is_the_generation_prefill(tiny_llava):
+    """One generated token is one prefill: asking the generic instruction makes h == g (up to float32 noise, which the
+    min-max of the recipe would stretch, so the raw maps are compared), and a real question does not."""
+    from hf_api_prompt.scenes import make_scene
+
+    source = bench.GenerativeMaps(tiny_llava, [0, 1], max_new_tokens=1)
+    images = [make_scene(seed, (112, 112), min_objects=2).image for seed in (1, 2)]
+    scenes = [make_scene(seed, (112, 112), min_objects=2) for seed in (1, 2)]
+    [same, asked] = source.raw(images, [[source.generic] * 2, [s.question for s in scenes]])
+    for layer in (0, 1):
+        np.testing.assert_allclose(same[layer]["attention"].numpy(), same[layer]["generic"].numpy(), rtol=1e-5)
+        assert not np.allclose(asked[layer]["attention"].numpy(), asked[layer]["generic"].numpy(), rtol=1e-2)
+        assert set(source.variants(asked[layer], 1)) == {"attention", "relative"}

@@ -66,6 +66,7 @@ ONE_FIELD_CHANGES = [
     dict(dtype="float16"),
     dict(dtype="bfloat16"),
     dict(max_new_tokens=7),
+    dict(relative_attention=True),
     dict(pretrained="/weights/a.pt", weights_sha256="1" * 64),
     dict(pretrained="/weights/a.pt", weights_sha256="2" * 64),
     # The stored images (their pixels differ): PNG, JPEG, and the source's kind at other qualities.

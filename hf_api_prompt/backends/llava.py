@@ -1,15 +1,22 @@
-"""Backend "llava": LLaVA-1.5 on transformers, attention of generated tokens over the image.
+"""Backend "llava": generative VLMs on transformers, attention of generated tokens over the image.
 
 docs/method.md, "Backend llava". The model answers the question greedily; at each requested
 decoder layer, on every forward call of that generation, the attention
-of the LAST query position over the image-token positions (softmax restricted to
-those positions, mean over heads) is recorded, and the heatmap is the mean of
-those vectors, reshaped to the vision tower's ``G x G`` patch grid. The mask is
+of the LAST query position over the image-token positions of the heatmap's grid
+(softmax restricted to those positions, mean over heads) is recorded, and the
+heatmap is the mean of those vectors, laid on the grid. The mask is
 the enhanced, smoothed heatmap (:func:`hf_api_prompt.masks.attention_mask`).
+
+The decoder-only VLMs whose image tokens can be found in ``input_ids`` differ only
+in a small :class:`Family` adapter, picked from ``config.json``'s ``model_type``:
+LLaVA-1.5 (``llava``: padded square, the tower's ``G x G`` patches), LLaVA-NeXT
+(``llava_next``: the base image's grid, the first ``G x G`` image tokens, before
+the tiles), Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``: padded square
+pinned to :data:`QWEN_GRID_CELLS` merged cells a side).
 
 Cheap capture: only the requested layers compute explicit attention weights (all of
 them in the same ``generate``), and only one row of them (its last query against the keys, a matrix-vector
-product per head), restricted to the ``G*G`` image positions; every layer, that
+product per head), restricted to the grid's image positions; every layer, that
 one included, still produces its output with the model's own fast kernel (sdpa).
 ``output_attentions`` is never used.
 The swap is scoped: :class:`ImageAttentionCapture` gives each captured attention
@@ -25,6 +32,11 @@ averages exactly ``n_i`` vectors: the prefill, then every decoding step whose
 input is one of its own generated tokens, up to the step that produced its EOS;
 the steps in which a finished sample only receives padding are left out. With a
 batch of one this is every forward call of ``generate``, as in the reference code.
+
+Relative attention (``relative_attention=True``, ViCrop's): one more prefill per
+image, with :data:`GENERIC_INSTRUCTION` in place of the question and no generation,
+records the same layers' last-prompt-token vector ``g``; the heatmap is then
+``h / g`` cell by cell, which removes what the model attends to whatever is asked.
 """
 
 from __future__ import annotations
@@ -56,6 +68,10 @@ SYSTEM_PROMPT = (
 )
 #: Used when the processor has no chat template: ``{system} USER: <image>\n{question} ASSISTANT:``.
 FALLBACK_PROMPT = "{system} USER: {image}\n{question} ASSISTANT:"
+
+#: ViCrop's generic instruction (Zhang et al., ICLR 2025): relative attention divides the question's
+#: attention by the attention of this prompt on the same image (``relative_attention=True``).
+GENERIC_INSTRUCTION = "Write a general description of the image."
 
 #: Name under which the capturing attention function is registered in transformers' AttentionInterface.
 CAPTURE_ATTENTION = "hf_api_prompt_last_query_capture"
@@ -166,46 +182,257 @@ def weights_digest(directory: Path) -> str:
     return hashlib.sha256(manifest.encode()).hexdigest()
 
 
-@dataclasses.dataclass(frozen=True)
-class _Architecture:
-    """What the backend needs from a LLaVA config (read without loading weights)."""
-
-    num_layers: int
-    grid: Tuple[int, int]
-    image_token_id: int
-    feature_select_strategy: str
+#: Qwen2-VL / Qwen2.5-VL: the side of the fixed merged-cell grid every letterboxed image is resized to
+#: (LLaVA-1.5's 24 x 24; 672 px for 14 px patches merged 2 x 2). docs/method.md, "Generative families".
+QWEN_GRID_CELLS = 24
 
 
-def _architecture(model: str) -> _Architecture:
+def _pair(value) -> Tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class Family:
+    """Adapter of one decoder-only VLM family: what differs between them, nothing else.
+
+    The backend asks its family how to prompt (:meth:`prompt`), what the processor
+    receives for an image (:meth:`prepare`) and with which options
+    (:meth:`processor_kwargs`), how many image tokens a prompt holds and which of
+    them form the heatmap's grid (:meth:`grid_positions`), where the image lies on
+    that grid (:meth:`box`), and where the decoder layers are (:meth:`decoder_layers`).
+    An instance is bound to the checkpoint's transformers config (read offline).
+    """
+
+    #: ``config.json`` ``model_type`` values this family serves.
+    model_types: Tuple[str, ...] = ()
+    #: transformers class that loads the checkpoint.
+    model_class: str = ""
+    #: system message of the conversation, ``None`` for the chat template's own default.
+    system_prompt: Optional[str] = None
+    #: whether a prompt holds exactly the grid's image tokens (else at least those, the grid being the first).
+    exact_tokens: bool = True
+
+    def __init__(self, hf_config, model: str):
+        self.hf_config = hf_config
+        self.model = model
+
+    @property
+    def num_layers(self) -> int:
+        return self.hf_config.text_config.num_hidden_layers
+
+    @property
+    def image_token_id(self) -> int:
+        config = self.hf_config
+        token = getattr(config, "image_token_id", None)
+        return int(token if token is not None else config.image_token_index)
+
+    def grid(self) -> Tuple[int, int]:
+        """``(gh, gw)`` of the heatmap, from the config alone."""
+        raise NotImplementedError
+
+    def check_processor(self, processor) -> None:
+        """Refuse a processor whose preprocessing the family's grid and box do not describe."""
+
+    def prompt(self, processor, question: str) -> str:
+        """The conversation text for one question: the processor's chat template (user turn: image, question)."""
+        if not getattr(processor, "chat_template", None):
+            raise ValueError(f"model {self.model!r}: its processor has no chat template")
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        if self.system_prompt is not None:
+            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+        return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    def prepare(self, image: Image.Image, fill: Tuple[int, int, int]) -> Image.Image:
+        """What the processor receives for ``image``."""
+        return image
+
+    def processor_kwargs(self) -> dict:
+        """Extra options of the processor call."""
+        return {}
+
+    def check_inputs(self, inputs) -> None:
+        """Check the processor's output against :meth:`grid`."""
+
+    def box(self, size: Tuple[int, int], grid: Tuple[int, int]) -> Tuple[float, float, float, float]:
+        """Grid-coordinate box of an image of ``size`` ``(W, H)`` (``geometry="aligned"``)."""
+        raise NotImplementedError
+
+    def grid_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, gh*gw]`` positions, in each (left-padded) prompt, of the image tokens of the grid, row-major."""
+        gh, gw = self.grid()
+        is_image = input_ids == self.image_token_id
+        counts = is_image.sum(dim=1)
+        wrong = counts != gh * gw if self.exact_tokens else counts < gh * gw
+        if bool(wrong.any()):
+            need = "" if self.exact_tokens else "at least "
+            raise ValueError(f"prompts hold {counts.tolist()} image tokens, the {gh}x{gw} grid needs {need}{gh * gw} each")
+        first = is_image & (is_image.cumsum(dim=1) <= gh * gw)  # the first gh*gw image tokens of each row
+        return first.nonzero()[:, 1].reshape(input_ids.shape[0], gh * gw)
+
+    def decoder_layers(self, model) -> Sequence[torch.nn.Module]:
+        layers = getattr(getattr(getattr(model, "model", None), "language_model", None), "layers", None)
+        if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
+            raise ValueError(f"backend 'llava' cannot find the decoder layers of {self.model!r}")
+        return layers
+
+
+class _LlavaFamilyBase(Family):
+    """LLaVA-style: a CLIP-like tower, one image token per patch (``vision_feature_select_strategy="default"``)."""
+
+    def __init__(self, hf_config, model: str):
+        super().__init__(hf_config, model)
+        strategy = hf_config.vision_feature_select_strategy
+        if strategy != "default":
+            raise ValueError(
+                f"backend 'llava' reads one image token per patch (vision_feature_select_strategy='default', "
+                f"which drops [CLS]); {model!r} uses {strategy!r}"
+            )
+
+    @property
+    def side(self) -> int:
+        size = _pair(self.hf_config.vision_config.image_size)
+        if size[0] != size[1]:
+            raise ValueError(f"model {self.model!r}: non-square vision input {size}")
+        return size[0]
+
+    def grid(self) -> Tuple[int, int]:
+        vision = self.hf_config.vision_config
+        (sh, sw), (ph, pw) = _pair(vision.image_size), _pair(vision.patch_size)
+        return sh // ph, sw // pw
+
+    def check_inputs(self, inputs) -> None:
+        side = self.side
+        if tuple(inputs["pixel_values"].shape[-2:]) != (side, side):
+            raise ValueError(
+                f"the processor makes {tuple(inputs['pixel_values'].shape[-2:])} pixels, the vision tower expects {side}x{side}"
+            )
+
+
+class LlavaFamily(_LlavaFamilyBase):
+    """LLaVA-1.5: the image padded to a square (mean colour), resized to the tower's input; ``G x G`` tokens."""
+
+    model_types = ("llava",)
+    model_class = "LlavaForConditionalGeneration"
+    system_prompt = SYSTEM_PROMPT
+
+    def prompt(self, processor, question: str) -> str:
+        """LLaVA-1.5 "llava_v1": ``{SYSTEM_PROMPT} USER: <image>\\n{question} ASSISTANT:`` (the chat template's rendering if any)."""
+        if getattr(processor, "chat_template", None):
+            return super().prompt(processor, question)
+        image_token = getattr(processor, "image_token", "<image>")
+        return FALLBACK_PROMPT.format(system=SYSTEM_PROMPT, image=image_token, question=question)
+
+    def prepare(self, image, fill):
+        return expand_to_square(image, fill)
+
+    def box(self, size, grid):
+        return square_box(size, grid)
+
+
+class LlavaNextFamily(_LlavaFamilyBase):
+    """LLaVA-NeXT (anyres): the heatmap is the base image's grid, the first ``G x G`` image tokens.
+
+    The processor stretches the whole image onto the tower's square input for the
+    base view (then adds tiles, whose tokens follow, with newline tokens); the grid
+    box is the whole grid.
+    """
+
+    model_types = ("llava_next",)
+    model_class = "LlavaNextForConditionalGeneration"
+    exact_tokens = False
+
+    def check_processor(self, processor) -> None:
+        image_processor = processor.image_processor
+        size, crop = dict(image_processor.size or {}), dict(getattr(image_processor, "crop_size", None) or {})
+        base = size.get("shortest_edge") or (size.get("height") if size.get("height") == size.get("width") else None)
+        crop_side = crop.get("height") if crop.get("height") == crop.get("width") else None
+        if base != self.side or crop_side not in (None, self.side):
+            raise ValueError(
+                f"model {self.model!r}: backend 'llava' needs the base image resized to the tower's {self.side}x{self.side} "
+                f"input as a whole (size {size}, crop_size {crop})"
+            )
+
+    def box(self, size, grid):
+        return (0.0, 0.0, float(grid[1]), float(grid[0]))
+
+
+class Qwen2VLFamily(Family):
+    """Qwen2-VL / Qwen2.5-VL: letterboxed square pinned to :data:`QWEN_GRID_CELLS` merged cells a side.
+
+    The image is padded to a square with the processor's mean colour (as LLaVA-1.5),
+    and the processor's ``smart_resize`` is pinned to ``side = QWEN_GRID_CELLS *
+    patch_size * merge_size`` pixels, so every image gives the same grid of merged
+    cells, one image token each, in row-major order (the processor groups each
+    ``merge x merge`` window, the tower merges it into one token).
+    """
+
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+
+    @property
+    def model_class(self) -> str:
+        return {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+                "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[self.hf_config.model_type]
+
+    @property
+    def factor(self) -> int:
+        """Pixels per merged cell: ``patch_size * spatial_merge_size``."""
+        vision = self.hf_config.vision_config
+        return vision.patch_size * vision.spatial_merge_size
+
+    def grid(self) -> Tuple[int, int]:
+        return QWEN_GRID_CELLS, QWEN_GRID_CELLS
+
+    def check_processor(self, processor) -> None:
+        vision, image_processor = self.hf_config.vision_config, processor.image_processor
+        theirs = (image_processor.patch_size, image_processor.merge_size)
+        if theirs != (vision.patch_size, vision.spatial_merge_size):
+            raise ValueError(
+                f"model {self.model!r}: the processor's patch/merge sizes {theirs} differ from the vision tower's "
+                f"{(vision.patch_size, vision.spatial_merge_size)}"
+            )
+
+    def prepare(self, image, fill):
+        return expand_to_square(image, fill)
+
+    def processor_kwargs(self) -> dict:
+        """``size`` pinning ``smart_resize`` of a square to ``side x side``.
+
+        Bounds of ``(side -+ factor/2)^2`` pixels: a square whose rounded side is
+        ``side`` stays; a larger one is scaled down to ``floor((side + factor/2) /
+        factor) = side / factor`` cells, a smaller one up to ``ceil((side - factor/2) /
+        factor)``, the same: exact integers away from the rounding boundaries.
+        """
+        side, half = QWEN_GRID_CELLS * self.factor, self.factor / 2
+        return {"size": {"shortest_edge": int((side - half) ** 2), "longest_edge": int((side + half) ** 2)}}
+
+    def check_inputs(self, inputs) -> None:
+        merge = self.hf_config.vision_config.spatial_merge_size
+        want = torch.tensor([1, QWEN_GRID_CELLS * merge, QWEN_GRID_CELLS * merge])
+        grids = inputs["image_grid_thw"].cpu()
+        if not bool((grids == want).all()):
+            raise ValueError(f"the processor made patch grids {grids.tolist()}, backend 'llava' pins {want.tolist()}")
+
+    def box(self, size, grid):
+        return square_box(size, grid)
+
+
+#: The families, by ``config.json`` ``model_type``.
+FAMILIES = {model_type: family for family in (LlavaFamily, LlavaNextFamily, Qwen2VLFamily)
+            for model_type in family.model_types}
+
+
+def _family(model: str) -> Family:
+    """The :class:`Family` adapter of ``model``, from its ``config.json`` (no weights read)."""
     transformers = _transformers()
     directory = _local_dir(model)
     if directory is not None and not (directory / "config.json").is_file():
         raise FileNotFoundError(f"model {model!r} has no config.json (expected {directory / 'config.json'})")
     config = transformers.AutoConfig.from_pretrained(str(directory) if directory is not None else model)
-    if getattr(config, "model_type", None) != "llava":
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
         raise ValueError(
-            f"backend 'llava' needs a LlavaForConditionalGeneration checkpoint; {model!r} has model_type "
-            f"{getattr(config, 'model_type', None)!r}"
+            f"backend 'llava' serves the model types {sorted(FAMILIES)}; {model!r} has model_type {model_type!r}"
         )
-    vision = config.vision_config
-    size, patch = vision.image_size, vision.patch_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
-    strategy = config.vision_feature_select_strategy
-    if strategy != "default":
-        raise ValueError(
-            f"backend 'llava' reads one image token per patch (vision_feature_select_strategy='default', "
-            f"which drops [CLS]); {model!r} uses {strategy!r}"
-        )
-    image_token_id = getattr(config, "image_token_id", None)
-    if image_token_id is None:
-        image_token_id = config.image_token_index
-    return _Architecture(
-        num_layers=config.text_config.num_hidden_layers,
-        grid=(size[0] // patch[0], size[1] // patch[1]),
-        image_token_id=int(image_token_id),
-        feature_select_strategy=strategy,
-    )
+    return FAMILIES[model_type](config, model)
 
 
 def _check_layer_index(layer_index: int, num_layers: int, model: str):
@@ -359,7 +586,7 @@ class LlavaGeneration:
         heatmaps: ``{layer_index: float32 [B, gh, gw]}`` raw heatmaps (mean attention over image tokens).
         answers: the decoded answers (special tokens removed, stripped).
         steps: forward calls averaged per sample (= tokens it generated, EOS included).
-        boxes: per image, the grid box of the image inside its padded square.
+        boxes: per image, the grid box of the image (:meth:`Family.box`).
     """
 
     heatmaps: Dict[int, torch.Tensor]
@@ -370,13 +597,15 @@ class LlavaGeneration:
 
 @register_backend
 class LlavaBackend(Backend):
-    """LLaVA-1.5 through transformers' ``LlavaForConditionalGeneration`` (see module docstring).
+    """Generative VLMs of transformers (see module docstring): LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL.
 
-    Defaults: ``llava-hf/llava-1.5-13b-hf``, ``layer_index`` 20 (the reference code's
-    default; its README's example uses 22), greedy answers of at most 20 tokens
-    written to ``api_answer``. ``model`` is a Hub id or a local directory (a plain
-    path or ``local-dir:/path``) holding a transformers LLaVA checkpoint and its
-    processor; ``pretrained`` must stay ``None``.
+    The family comes from the checkpoint's ``config.json`` ``model_type``
+    (:data:`FAMILIES`, read offline in :meth:`resolve_config`); the backend keeps its
+    historical name "llava" for all of them. Defaults: ``llava-hf/llava-1.5-13b-hf``,
+    ``layer_index`` 20 (the reference code's default; its README's example uses 22),
+    greedy answers of at most 20 tokens written to ``api_answer``. ``model`` is a
+    Hub id or a local directory (a plain path or ``local-dir:/path``) holding a
+    transformers checkpoint and its processor; ``pretrained`` must stay ``None``.
 
     Example:
         >>> from hf_api_prompt import ImagePrompter
@@ -411,21 +640,25 @@ class LlavaBackend(Backend):
             raise TypeError(f"answer_column must be a column name or None, got {config.answer_column!r}")
         if not 0 <= config.layer_index:
             raise ValueError(f"layer_index must be >= 0, got {config.layer_index}")
+        if config.relative_attention not in (None, True, False):
+            raise TypeError(f"relative_attention must be True, False or None, got {config.relative_attention!r}")
+        if config.relative_attention is False:
+            config = config.replace(relative_attention=None)  # plain attention: one spelling, one identity
         directory = _local_dir(config.model)
         if directory is None:
             from huggingface_hub.utils import validate_repo_id
 
             validate_repo_id(config.model)  # checked against the config when the model loads
             return config.replace(weights_sha256=None)
-        architecture = _architecture(config.model)
-        _check_layer_index(config.layer_index, architecture.num_layers, config.model)
+        family = _family(config.model)
+        _check_layer_index(config.layer_index, family.num_layers, config.model)
         if not any((directory / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
             raise FileNotFoundError(f"model {config.model!r} has no processor (processor_config.json or preprocessor_config.json)")
         return config.replace(weights_sha256=weights_digest(directory))
 
     @classmethod
     def grid_shape(cls, config: PrompterConfig) -> Tuple[int, int]:
-        return _architecture(config.model).grid
+        return _family(config.model).grid()
 
     @classmethod
     def extra_features(cls, config: PrompterConfig) -> dict:
@@ -443,36 +676,34 @@ class LlavaBackend(Backend):
         path = _local_path(config.model)
         return config if path is None else config.replace(model=LOCAL_DIR + local_name(str(path)))
 
-    option_fields = ("max_new_tokens", "answer_column")
+    option_fields = ("max_new_tokens", "answer_column", "relative_attention")
     column_option_fields = ("answer_column",)
-    name_fields = ("max_new_tokens",)
+    name_fields = ("max_new_tokens", "relative_attention")
 
     @classmethod
     def name_parts(cls, config: PrompterConfig) -> List[str]:
-        """``t{max_new_tokens}``."""
-        return [] if config.max_new_tokens is None else [f"t{config.max_new_tokens}"]
+        """``t{max_new_tokens}``, then ``rel`` for relative attention."""
+        parts = [] if config.max_new_tokens is None else [f"t{config.max_new_tokens}"]
+        return parts + (["rel"] if config.relative_attention else [])
 
     def __init__(self, config: PrompterConfig, device: torch.device):
         super().__init__(config, device)
         transformers = _transformers()
         directory = _local_dir(config.model)
         source = str(directory) if directory is not None else config.model
-        self.architecture = _architecture(config.model)
-        _check_layer_index(config.layer_index, self.architecture.num_layers, config.model)
-        logger.info("loading LLaVA %s on %s as %s", config.model, device, self.dtype)
+        self.family = _family(config.model)
+        _check_layer_index(config.layer_index, self.family.num_layers, config.model)
+        logger.info("loading %s %s on %s as %s", self.family.model_class, config.model, device, self.dtype)
         self.processor = transformers.AutoProcessor.from_pretrained(source)
+        self.family.check_processor(self.processor)
         # Straight onto the device (one device, no dispatch hooks): no CPU copy of 13B weights.
-        model = transformers.LlavaForConditionalGeneration.from_pretrained(source, dtype=self.dtype, device_map=device)
-        self.model = model.eval()
+        model_class = getattr(transformers, self.family.model_class)
+        self.model = model_class.from_pretrained(source, dtype=self.dtype, device_map=device).eval()
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation appends to the right
         mean = getattr(self.processor.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
         self.fill = tuple(int(x * 255) for x in mean)  # LLaVA-1.5: expand2square(image, mean color)
-        layers = getattr(getattr(self.model, "model", None), "language_model", None)
-        layers = getattr(layers, "layers", None)
-        if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
-            raise ValueError(f"backend 'llava' cannot find the decoder layers of {config.model!r}")
-        self.decoder_layers = layers
+        self.decoder_layers = self.family.decoder_layers(self.model)
         generation = self.model.generation_config
         eos = generation.eos_token_id if generation.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_token_ids = set([eos] if isinstance(eos, int) else list(eos or []))
@@ -483,47 +714,48 @@ class LlavaBackend(Backend):
 
     # ------------------------------------------------------------------ inputs
     def prompt(self, question: str) -> str:
-        """The conversation text for one question, with the image placeholder and the generation cue.
-
-        LLaVA-1.5 "llava_v1": ``{SYSTEM_PROMPT} USER: <image>\\n{question} ASSISTANT:``,
-        rendered by the processor's chat template when it has one.
-        """
-        if getattr(self.processor, "chat_template", None):
-            conversation = [
-                {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-            ]
-            return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        image_token = getattr(self.processor, "image_token", "<image>")
-        return FALLBACK_PROMPT.format(system=SYSTEM_PROMPT, image=image_token, question=question)
+        """The conversation text for one question, with the image placeholder and the generation cue (:meth:`Family.prompt`)."""
+        return self.family.prompt(self.processor, question)
 
     def inputs(self, images: Sequence[Image.Image], questions: Sequence[str]) -> dict:
-        """Model inputs: images padded to squares (an explicit step, not the processor's), prompts left-padded."""
-        squares = [expand_to_square(image, self.fill) for image in images]
-        inputs = self.processor(
-            images=squares, text=[self.prompt(q) for q in questions], padding=True, return_tensors="pt"
-        )
-        side = self.model.config.vision_config.image_size
-        if tuple(inputs["pixel_values"].shape[-2:]) != (side, side):
-            raise ValueError(
-                f"the processor makes {tuple(inputs['pixel_values'].shape[-2:])} pixels, the vision tower expects {side}x{side}"
-            )
+        """Model inputs for the questions' conversations (:meth:`prompt`): see :meth:`prompt_inputs`."""
+        return self.prompt_inputs(images, [self.prompt(q) for q in questions])
+
+    def prompt_inputs(self, images: Sequence[Image.Image], texts: Sequence[str]) -> dict:
+        """Model inputs for ``images`` and full prompt ``texts`` (each with its image placeholder), left-padded.
+
+        Each image goes through :meth:`Family.prepare` (e.g. the square padding of
+        LLaVA-1.5, an explicit step, not the processor's), then the processor with
+        the family's options; the output is checked against the family's grid.
+        """
+        prepared = [self.family.prepare(image, self.fill) for image in images]
+        inputs = self.processor(images=prepared, text=list(texts), padding=True, return_tensors="pt",
+                                **self.family.processor_kwargs())
+        self.family.check_inputs(inputs)
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
 
     def image_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[B, G*G]`` positions of the image tokens in each (left-padded) prompt."""
-        gh, gw = self.architecture.grid
-        is_image = input_ids == self.architecture.image_token_id
-        counts = is_image.sum(dim=1)
-        if bool((counts != gh * gw).any()):
-            raise ValueError(
-                f"prompts hold {counts.tolist()} image tokens, the {gh}x{gw} patch grid needs {gh * gw} each"
-            )
-        return is_image.nonzero()[:, 1].reshape(input_ids.shape[0], gh * gw)
+        """``[B, gh*gw]`` positions of the grid's image tokens in each (left-padded) prompt (:meth:`Family.grid_positions`)."""
+        return self.family.grid_positions(input_ids)
 
     # -------------------------------------------------------------- generation
+    @contextlib.contextmanager
+    def capturing(self, layers: Sequence[int], input_ids: torch.Tensor):
+        """``with backend.capturing(layers, input_ids) as captures:`` every forward call inside records.
+
+        ``captures`` is ``{layer: ImageAttentionCapture}`` over the grid's image tokens
+        of ``input_ids`` (:meth:`image_positions`); a single prefill through it (e.g.
+        ``self.model(**self.prompt_inputs(images, texts))``) records one step per layer.
+        """
+        positions = self.image_positions(input_ids)
+        with contextlib.ExitStack() as stack:
+            yield {
+                layer: stack.enter_context(ImageAttentionCapture(self.decoder_layers[layer].self_attn, positions))
+                for layer in layers
+            }
+
     @torch.inference_mode()
     def generate(self, images: Sequence[Image.Image], questions: Sequence[str],
                  layers: Optional[Sequence[int]] = None) -> LlavaGeneration:
@@ -533,15 +765,10 @@ class LlavaBackend(Backend):
         """
         layers = sorted(set([self.config.layer_index] if layers is None else layers))
         for layer in layers:
-            _check_layer_index(layer, self.architecture.num_layers, self.config.model)
+            _check_layer_index(layer, self.family.num_layers, self.config.model)
         inputs = self.inputs(images, questions)
         prompt_length = inputs["input_ids"].shape[1]
-        positions = self.image_positions(inputs["input_ids"])
-        with contextlib.ExitStack() as stack:
-            captures = {
-                layer: stack.enter_context(ImageAttentionCapture(self.decoder_layers[layer].self_attn, positions))
-                for layer in layers
-            }
+        with self.capturing(layers, inputs["input_ids"]) as captures:
             sequences = self.model.generate(
                 **inputs,
                 do_sample=False,
@@ -552,11 +779,30 @@ class LlavaBackend(Backend):
             )
         generated = sequences[:, prompt_length:].cpu()
         steps = [self._generated_length(row) for row in generated]
-        gh, gw = self.architecture.grid
-        heatmaps = {layer: capture.heatmaps(steps).reshape(-1, gh, gw) for layer, capture in captures.items()}
+        gh, gw = self.family.grid()
+        heatmaps = {layer: capture.heatmaps(steps) for layer, capture in captures.items()}
+        if self.config.relative_attention:
+            generic = self.prefill_heatmaps(images, [GENERIC_INSTRUCTION] * len(images), layers)
+            # Softmax probabilities are positive; the floor only guards an underflow to 0 in float32.
+            tiny = torch.finfo(torch.float32).tiny
+            heatmaps = {layer: heatmaps[layer] / generic[layer].clamp_min(tiny) for layer in layers}
+        heatmaps = {layer: heatmap.reshape(-1, gh, gw) for layer, heatmap in heatmaps.items()}
         answers = [self.tokenizer.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(generated, steps)]
-        boxes = [square_box(image.size, (gh, gw)) for image in images]
+        boxes = [self.family.box(image.size, (gh, gw)) for image in images]
         return LlavaGeneration(heatmaps=heatmaps, answers=answers, steps=steps, boxes=boxes)
+
+    @torch.inference_mode()
+    def prefill_heatmaps(self, images: Sequence[Image.Image], questions: Sequence[str],
+                         layers: Sequence[int]) -> Dict[int, torch.Tensor]:
+        """``{layer: [B, gh*gw]}``: the last prompt token's attention over the image in ONE prefill, no generation.
+
+        The denominator of relative attention (:data:`GENERIC_INSTRUCTION`): the first of
+        the steps :meth:`generate` averages, for another question on the same images.
+        """
+        inputs = self.inputs(images, questions)
+        with self.capturing(layers, inputs["input_ids"]) as captures:
+            self.model(**inputs, use_cache=False)
+        return {layer: capture.heatmaps([1] * len(images)) for layer, capture in captures.items()}
 
     def _generated_length(self, row: torch.Tensor) -> int:
         """Tokens a sample generated: up to and including its first EOS, else all of them."""
