@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import numbers
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from PIL import Image
 
@@ -20,7 +20,15 @@ from ._version import __version__
 GEOMETRIES = ("paper", "aligned")
 #: Fields added after the first release, with their defaults: at the default they are not part of a
 #: variant's identity, so the variants published before them keep their names.
-LATER_FIELDS = {"prompt": "mask", "image_format": "png", "jpeg_quality": None, "relative_attention": None}
+LATER_FIELDS = {"prompt": "mask", "image_format": "png", "jpeg_quality": None, "relative_attention": None,
+                "blur_radius": None, "crop_mass": None, "crop_padding": None, "crop_min_size": None}
+#: The parameter fields of each prompt style (filled by :func:`hf_api_prompt.prompts.register_prompt`):
+#: ``{style: {field: (default, name prefix)}}``. A style's fields take their default when it is selected
+#: and left ``None``; the fields of the other styles must be ``None``.
+PROMPT_PARAMETERS: Dict[str, Dict[str, Tuple[Any, str]]] = {}
+#: The range of each built-in style parameter: ``(low, high, low included)``.
+_PARAMETER_RANGES = {"blur_radius": (0.0, math.inf, False), "crop_mass": (0.0, 1.0, False),
+                     "crop_padding": (0.0, math.inf, True), "crop_min_size": (0.0, 1.0, True)}
 #: How a masked image is stored (:mod:`hf_api_prompt.encoding`): lossless PNG, JPEG, or the source's kind of format.
 IMAGE_FORMATS = ("png", "jpeg", "source")
 #: The authors' setting: their code saves every masked image with PIL's default JPEG quality.
@@ -58,6 +66,24 @@ def canonical_dtype(name: Optional[str]) -> Optional[str]:
     return _DTYPE_ALIASES[key]
 
 
+def prompt_fields() -> list:
+    """Every prompt style's parameter fields, in registration order.
+
+    >>> prompt_fields()
+    ['blur_radius', 'crop_mass', 'crop_padding', 'crop_min_size']
+    """
+    return list(dict.fromkeys(f for parameters in PROMPT_PARAMETERS.values() for f in parameters))
+
+
+def _finite_real(name: str, value: Any, low: float, high: float, low_included: bool) -> float:
+    """``value`` as a float once it is a finite real number in the range (``high`` included), else ``ValueError``."""
+    real = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not real or not ((low <= value if low_included else low < value) and value <= high):
+        bounds = f"{'[' if low_included else '('}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
 def _is_int(value: Any) -> bool:
     """An int that is not a bool (``True`` would pass as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -76,11 +102,19 @@ class PrompterConfig:
         kernel_size: odd size of the mean filter applied on the grid, or ``"auto"`` (the
             prompter sets the size for its grid: :func:`hf_api_prompt.masks.auto_kernel_size`).
         interpolation: PIL filter used to resize the grid mask to the image.
-        grayscale: value (0-255) that masked-out pixels are blended towards.
+        grayscale: value (0-255) that masked-out pixels are blended towards (``prompt="mask"``; the
+            other styles do not read it).
         geometry: ``"paper"`` stretches the grid over the whole image as the authors
             did; ``"aligned"`` maps each cell back onto the pixels the model saw.
         prompt: the visual prompt style (:func:`hf_api_prompt.prompts.available_prompts`):
-            ``"mask"``, the paper's soft mask.
+            ``"mask"``, the paper's soft mask; ``"blur"``, the same blend towards a blurred copy of the
+            image; ``"crop"``, the image cut to the box around the mask's mass (docs/method.md).
+        blur_radius: ``prompt="blur"`` only: the standard deviation of the Gaussian blur as a fraction of
+            the image's shorter side (default 0.05), so one setting suits images of any size.
+        crop_mass: ``prompt="crop"`` only: the share of the mask's mass (its weight above the mean) that the box holds (default 0.7).
+        crop_padding: ``prompt="crop"`` only: added on each side, as a fraction of the box's side (default 0.1).
+        crop_min_size: ``prompt="crop"`` only: the box's least width and height, as fractions of the
+            image's (default 0.25).
         image_format: how the masked image is stored (:mod:`hf_api_prompt.encoding`): ``"png"``
             (lossless, zlib's fast level), ``"jpeg"`` (lossy, ``jpeg_quality``) or ``"source"``
             (JPEG at ``jpeg_quality`` where the source image is a JPEG, PNG otherwise).
@@ -123,6 +157,10 @@ class PrompterConfig:
     prompt: str = "mask"
     image_format: str = "source"
     jpeg_quality: Optional[int] = None
+    blur_radius: Optional[float] = None
+    crop_mass: Optional[float] = None
+    crop_padding: Optional[float] = None
+    crop_min_size: Optional[float] = None
     image_column: str = "image"
     question_column: str = "question"
     masked_image_column: str = "masked_image"
@@ -162,6 +200,20 @@ class PrompterConfig:
             set_("jpeg_quality", DEFAULT_JPEG_QUALITY)
         elif not _is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be an int in [1, 100], got {self.jpeg_quality!r}")
+        own = PROMPT_PARAMETERS.get(self.prompt, {})
+        for field in prompt_fields():
+            value = getattr(self, field)
+            if field not in own:
+                if value is not None:
+                    owner = next(name for name, parameters in PROMPT_PARAMETERS.items() if field in parameters)
+                    raise ValueError(f"{field}={value!r} is a parameter of prompt style {owner!r}, not of "
+                                     f"prompt={self.prompt!r}; leave it None")
+                continue
+            if value is None:
+                value = own[field][0]
+            if field in _PARAMETER_RANGES:
+                value = _finite_real(field, value, *_PARAMETER_RANGES[field])
+            set_(field, value)
         if self.on_error not in ERROR_POLICIES:
             raise ValueError(f"on_error must be one of {ERROR_POLICIES}, got {self.on_error!r}")
         # An output named like an input would overwrite it (answer_column="question"
@@ -219,7 +271,8 @@ class PrompterConfig:
 
         ``image_format="png"`` drops the ``jpeg_quality`` of the format it replaces (PNG has none;
         the quality a default config holds is 75), unless ``changes`` give one, which is refused;
-        a JPEG format keeps the quality it is given or the config had.
+        a JPEG format keeps the quality it is given or the config had. A new ``prompt`` likewise drops the
+        parameters of the style it replaces and takes its own defaults, unless ``changes`` give them.
 
         >>> cfg = PrompterConfig(backend="clip", model="m", pretrained=None, layer_index=0, jpeg_quality=90)
         >>> cfg.replace(image_format="png").jpeg_quality is None, cfg.replace(image_format="jpeg").jpeg_quality
@@ -227,4 +280,7 @@ class PrompterConfig:
         """
         if changes.get("image_format") == "png":
             changes.setdefault("jpeg_quality", None)
+        if "prompt" in changes:
+            for field in prompt_fields():
+                changes.setdefault(field, None)
         return dataclasses.replace(self, **changes)

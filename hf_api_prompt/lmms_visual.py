@@ -14,6 +14,12 @@ which lmms-eval imports from the YAML's folder). For every doc, the base task's 
 image, so whatever the task does with the image (RGB conversion, several image
 columns) stays the task's. lmms-eval is not imported here: the base function is
 imported by name, as lmms-eval's ``!function`` does for a dotted name.
+
+A recipe with ``prompt="crop"`` shows the model two images, the original and then the
+crop (ViCrop): the base function's visuals of the doc as it is, followed by those of
+the doc with the crop. A materialized crop variant keeps its original image
+(``original_<image column>``), and its task's ``doc_to_visual`` is
+:class:`OriginalAndCropDocToVisual`, which feeds the same two images.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import inspect
 from typing import Any, Callable
 
 from .config import PrompterConfig
+from .prompts import writes_box
 from .stages import masked_image_from_row
 
 
@@ -58,7 +65,33 @@ class MaskedDocToVisual:
 
     def __call__(self, doc: dict, *args: Any):
         masked = masked_image_from_row(doc, self.config)
-        return self.base({**doc, self.config.image_column: masked}, *args)
+        visuals = self.base({**doc, self.config.image_column: masked}, *args)
+        if writes_box(self.config.prompt):  # the original first, then the crop
+            return list(self.base(doc, *args)) + list(visuals)
+        return visuals
 
     def __repr__(self) -> str:
         return f"hf_api_prompt.lmms_visual.MaskedDocToVisual({self.base_name!r}, {self.config.to_json()!r})"
+
+
+class OriginalAndCropDocToVisual:
+    """A materialized crop variant's ``doc_to_visual``: the base task's visuals of the original image, then of the crop.
+
+    Args:
+        base: dotted name of the base task's ``doc_to_visual``.
+        image_column: the column the base task reads, which holds the crop in the variant.
+        original_column: the column holding the original image (``original_<image column>``).
+    """
+
+    def __init__(self, base: str, image_column: str, original_column: str):
+        self.base_name, self.image_column, self.original_column = base, image_column, original_column
+        self.base = import_function(base)
+        self.__signature__ = inspect.signature(self.base)
+
+    def __call__(self, doc: dict, *args: Any):
+        original = self.base({**doc, self.image_column: doc[self.original_column]}, *args)
+        return list(original) + list(self.base(doc, *args))
+
+    def __repr__(self) -> str:
+        return (f"hf_api_prompt.lmms_visual.OriginalAndCropDocToVisual({self.base_name!r}, {self.image_column!r}, "
+                f"{self.original_column!r})")

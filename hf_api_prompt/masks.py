@@ -194,3 +194,20 @@ def blend(image: Image.Image, mask: Image.Image, grayscale: int) -> Image.Image:
         index = (weights[top:top + rows, :, None].astype(np.uint16) << 8) | pixels[top:top + rows]  # m * 256 + p
         np.take(table, index, out=out[top:top + rows])
     return Image.fromarray(out, mode="RGB")
+
+
+def blend_towards(image: Image.Image, mask: Image.Image, background: Image.Image) -> Image.Image:
+    """``uint8(image * w + background * (1 - w))`` with ``w = float32(mask) / 255``, in float32, truncated.
+
+    Where ``mask`` is 255 the pixel is the image's, where it is 0 the background's, exactly.
+
+    Args:
+        image, background: RGB images of one size.
+        mask: mode ``"L"`` image of that size.
+    """
+    if image.mode != "RGB" or background.mode != "RGB" or mask.mode != "L" or not image.size == mask.size == background.size:
+        raise ValueError(f"blend_towards needs RGB images and an L mask of one size, got {image.mode} {image.size}, "
+                         f"{mask.mode} {mask.size} and {background.mode} {background.size}")
+    w = np.asarray(mask, dtype=np.float32)[:, :, None] / np.float32(255)
+    out = np.asarray(image, dtype=np.float32) * w + np.asarray(background, dtype=np.float32) * (np.float32(1) - w)
+    return Image.fromarray(out.astype(np.uint8), mode="RGB")

@@ -1,7 +1,8 @@
 """A local web page to try Attention Prompting on one image: the playground.
 
-Pick a bundled scene or upload an image, ask a question, choose the backend and
-its parameters, and see the heatmap, the mask and the masked image side by side,
+Pick a bundled scene or upload an image, ask a question, choose the backend, its
+parameters and the prompt style (mask, blur or crop, each with its own parameters),
+and see the heatmap, the mask and the masked image side by side,
 with the masked image as a PNG to download. ``scripts/playground.py`` starts it;
 ``pip install 'hf_api_prompt[playground]'`` installs Gradio.
 
@@ -27,14 +28,17 @@ from PIL import Image
 
 from . import bundled, encoding
 from .backends import available_backends, get_backend
-from .config import GEOMETRIES, PrompterConfig
+from .config import GEOMETRIES, PROMPT_PARAMETERS, PrompterConfig
 from .inputs import check_question, decode_image
 from .preview import colorize
 from .prompter import ImagePrompter
+from .prompts import available_prompts
 
 logger = logging.getLogger(__name__)
 
 #: PIL resampling filters offered for grid -> pixels (any ``Image.Resampling`` name works).
+#: The page's starting values of the prompt styles' parameters: each style's own default.
+STYLE_DEFAULTS = {field: default for parameters in PROMPT_PARAMETERS.values() for field, (default, _) in parameters.items()}
 INTERPOLATIONS = ("LANCZOS", "BICUBIC", "BILINEAR", "HAMMING", "BOX", "NEAREST")
 
 
@@ -162,11 +166,17 @@ def predict(
     interpolation: str,
     grayscale: float,
     geometry: str,
+    prompt: str = "mask",
+    blur_radius: float = STYLE_DEFAULTS["blur_radius"],
+    crop_mass: float = STYLE_DEFAULTS["crop_mass"],
+    crop_padding: float = STYLE_DEFAULTS["crop_padding"],
+    crop_min_size: float = STYLE_DEFAULTS["crop_min_size"],
 ) -> Dict[str, Any]:
     """What the page's button runs: widget values in, widget values out.
 
-    Empty ``model``/``pretrained`` mean the backend's defaults. Every failure is
-    raised as ``gradio.Error`` so the page shows it and stays usable.
+    Empty ``model``/``pretrained`` mean the backend's defaults. Of the prompt styles' parameters,
+    only those of ``prompt`` are used. Every failure is raised as ``gradio.Error`` so the page
+    shows it and stays usable.
 
     Returns:
         ``{"heatmap", "mask", "masked_image": PIL images at the input's size,
@@ -185,7 +195,10 @@ def predict(
             "interpolation": interpolation,
             "grayscale": int(grayscale),
             "geometry": geometry,
+            "prompt": prompt,
         }
+        given = {"blur_radius": blur_radius, "crop_mass": crop_mass, "crop_padding": crop_padding, "crop_min_size": crop_min_size}
+        params.update({field: float(given[field]) for field in PROMPT_PARAMETERS.get(prompt, {})})
         if model and model.strip():
             params["model"] = model.strip()
         if pretrained and pretrained.strip():
@@ -198,7 +211,7 @@ def predict(
     folder.mkdir(parents=True)
     download = folder / "masked_image.png"
     result.masked_image.save(download)
-    heatmap = colorize(result.heatmap).resize(result.masked_image.size, Image.Resampling.NEAREST)
+    heatmap = colorize(result.heatmap).resize(result.mask.size, Image.Resampling.NEAREST)  # the input's size
     return {
         "heatmap": heatmap,
         "mask": result.mask,
@@ -280,10 +293,21 @@ def build_app(
                     interpolation_box = gr.Dropdown(list(INTERPOLATIONS), value="LANCZOS", label="interpolation", elem_id="interpolation")
                     grayscale_box = gr.Slider(0, 255, value=0, step=1, label="grayscale", elem_id="grayscale")
                 geometry_box = gr.Radio(list(GEOMETRIES), value="paper", label="geometry", elem_id="geometry")
+                prompt_box = gr.Radio(available_prompts(), value="mask", label="prompt style", elem_id="prompt",
+                                      info="mask: blend to gray; blur: blend to a blurred copy; crop: cut to the relevant box")
+                blur_box = gr.Slider(0.005, 0.2, value=STYLE_DEFAULTS["blur_radius"], step=0.005, elem_id="blur-radius",
+                                     label="blur_radius (blur: Gaussian sigma / shorter side)")
+                with gr.Row():
+                    mass_box = gr.Slider(0.05, 1, value=STYLE_DEFAULTS["crop_mass"], step=0.05, label="crop_mass (crop)",
+                                         elem_id="crop-mass")
+                    padding_box = gr.Slider(0, 1, value=STYLE_DEFAULTS["crop_padding"], step=0.05, label="crop_padding (crop)",
+                                            elem_id="crop-padding")
+                    min_size_box = gr.Slider(0, 1, value=STYLE_DEFAULTS["crop_min_size"], step=0.05,
+                                             label="crop_min_size (crop)", elem_id="crop-min-size")
         with gr.Row():
             heatmap_out = gr.Image(type="pil", format="png", label="heatmap (grid, stretched)", interactive=False, elem_id="heatmap")
             mask_out = gr.Image(type="pil", format="png", image_mode="L", label="mask", interactive=False, elem_id="mask")
-            masked_out = gr.Image(type="pil", format="png", label="masked image", interactive=False, elem_id="masked-image")
+            masked_out = gr.Image(type="pil", format="png", label="masked image (crop: the cropped image)", interactive=False, elem_id="masked-image")
         with gr.Row():
             download_out = gr.File(label="download the masked image (PNG)", interactive=False, elem_id="download")
             answer_out = gr.Textbox(label="the backend's own answer (llava)", interactive=False, elem_id="answer")
@@ -301,7 +325,7 @@ def build_app(
             return defaults["model"], defaults.get("pretrained") or "", defaults["layer_index"]
 
         inputs = [image, question, backend_box, model_box, pretrained_box, layer_box, coe_box, kernel_box,
-                  interpolation_box, grayscale_box, geometry_box]
+                  interpolation_box, grayscale_box, geometry_box, prompt_box, blur_box, mass_box, padding_box, min_size_box]
         outputs = [heatmap_out, mask_out, masked_out, download_out, answer_out, config_out]
         submit.click(on_submit, inputs, outputs, api_name="mask")
         question.submit(on_submit, inputs, outputs, api_visibility="private")

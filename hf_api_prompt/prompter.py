@@ -242,6 +242,10 @@ class ImagePrompter(_BatchFunction):
         >>> out = prompter.map(ds)
         >>> out.features["heatmap"], out[0]["masked_image"].size
         (Array2D(shape=(14, 14), dtype='float32'), (64, 48))
+        >>> cropped = ImagePrompter("clip", model=DEMO_MODEL, layer_index=2, prompt="crop").map(ds)
+        >>> left, top, right, bottom = cropped[0]["api_crop_box"]  # pixels of the source image
+        >>> cropped[0]["masked_image"].size == (right - left, bottom - top)
+        True
     """
 
     def __init__(self, backend: str = "clip", *, num_threads: Optional[int] = None, prompt_device: Optional[str] = None,
@@ -330,6 +334,8 @@ class ImagePrompter(_BatchFunction):
             for slot, i in enumerate(good):
                 prompted[i] = batch.prompted[slot]
                 columns[config.heatmap_column][i] = batch.grid_masks[slot]
+                if prompts.writes_box(config.prompt):
+                    columns[prompts.CROP_BOX_COLUMN][i] = list(batch.prompted[slot].box)
                 for name, values in batch.extra_columns.items():
                     columns[name][i] = values[slot]
         columns[config.masked_image_column] = stored_images(config, rows.images, rows.formats, prompted, self.threads)
@@ -430,13 +436,15 @@ def _one_thread_in_forked_worker():
 @functools.lru_cache(maxsize=64)
 def _declared_outputs(config: PrompterConfig, grid_shape: Tuple[int, int]) -> Tuple[Tuple[str, Any], ...]:
     """:meth:`ImagePrompter.output_features` as pairs; cached because every batch reads it."""
-    from datasets import Array2D, Image, Value
+    from datasets import Array2D, Image, Sequence as SequenceFeature, Value
 
     backend = get_backend(config.backend)
     columns = {
         config.masked_image_column: Image(),
         config.heatmap_column: Array2D(grid_shape, "float32"),
     }
+    if prompts.writes_box(config.prompt):
+        columns[prompts.CROP_BOX_COLUMN] = SequenceFeature(Value("int64"), length=4)
     columns.update(backend.extra_features(config))
     if config.on_error == "passthrough":
         columns[config.status_column] = Value("string")

@@ -47,7 +47,8 @@ BOX_COLUMN = "api_grid_box"
 FORMAT_COLUMN = "api_source_format"
 #: Config fields a maps dataset leaves open: which of its layers, the recipe, the prompt and the output columns.
 OPEN_FIELDS = ("layer_index", "enhance_coe", "kernel_size", "interpolation", "grayscale", "geometry", "prompt",
-               "image_format", "jpeg_quality", "masked_image_column", "heatmap_column")
+               "blur_radius", "crop_mass", "crop_padding", "crop_min_size", "image_format", "jpeg_quality",
+               "masked_image_column", "heatmap_column")
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PrompterConfig)}
 
 
@@ -255,16 +256,18 @@ def masked_image_from_row(row: Dict[str, Any], config: PrompterConfig):
     This is what :func:`remask` writes (decoded as stored: a lossy ``image_format`` shows its
     losses), and what lmms-eval's on-the-fly masking shows the model.
     """
-    masked, _, formats = _remask_batch({name: [value] for name, value in row.items()}, config, threads=1, store=False)
+    masked, _, formats, _ = _remask_batch({name: [value] for name, value in row.items()}, config, threads=1, store=False)
     return None if masked[0] is None else encoding.as_stored(masked[0], config, formats[0])
 
 
 def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, store: bool = True,
-                  device: Optional[str] = None) -> Tuple[list, list, list]:
-    """``(images, grid masks, source formats)`` of a maps batch: one recipe and one prompt call over its rows with maps.
+                  device: Optional[str] = None) -> Tuple[list, list, list, list]:
+    """``(images, grid masks, source formats, crop boxes)`` of a maps batch: one recipe and one prompt call over its
+    rows with maps.
 
     The images are the prompted ones, encoded for storing (``store``) or as PIL images. A row without
-    maps (passed through) keeps its image unmasked (``None`` without one) and has no grid mask.
+    maps (passed through) keeps its image unmasked (``None`` without one) and has no grid mask nor box
+    (nor has any row of a style that does not crop).
     """
     names = get_backend(config.backend).map_names
     layer = {name: batch[maps_column(name, config.layer_index)] for name in names}
@@ -282,9 +285,10 @@ def _remask_batch(batch: Dict[str, list], config: PrompterConfig, threads: int, 
                                     source_formats=[formats[i] for i in good] if store else None, device=device)
         for slot, i in enumerate(good):
             prompted[i], grids[i] = made[slot], grid[slot]
+    boxes_out = [None if i not in prompted or prompted[i].box is None else list(prompted[i].box) for i in range(len(images))]
     if store:
-        return stored_images(config, images, formats, prompted, threads), grids, formats
-    return [prompted[i].image if i in prompted else image for i, image in enumerate(images)], grids, formats
+        return stored_images(config, images, formats, prompted, threads), grids, formats, boxes_out
+    return [prompted[i].image if i in prompted else image for i, image in enumerate(images)], grids, formats, boxes_out
 
 
 class _Remask:
@@ -301,8 +305,11 @@ class _Remask:
 
     def __call__(self, batch) -> Dict[str, list]:
         device = device_prompt.stage3_device(None, self.config.prompt)
-        masked, heatmaps, _ = _remask_batch(batch, self.config, parallel.default_threads(), device=device)
-        return {self.config.masked_image_column: masked, self.config.heatmap_column: heatmaps}
+        masked, heatmaps, _, boxes = _remask_batch(batch, self.config, parallel.default_threads(), device=device)
+        columns = {self.config.masked_image_column: masked, self.config.heatmap_column: heatmaps}
+        if prompts.writes_box(self.config.prompt):
+            columns[prompts.CROP_BOX_COLUMN] = boxes
+        return columns
 
 
 def check_remask(maps_prompter: MapsPrompter, prompter: ImagePrompter):

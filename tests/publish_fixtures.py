@@ -15,7 +15,8 @@ MMVET_COLUMNS = ["question_id", "image", "question", "answer", "image_source", "
 NOT_IDENTITY = {"device", "library_version", "image_column", "question_column", "masked_image_column", "heatmap_column",
                 "status_column", "answer_column"}
 #: Fields added after the first release, with the value every earlier version had: left out of the identity there.
-EARLIER_VALUES = {"prompt": "mask", "image_format": "png", "jpeg_quality": None, "relative_attention": None}
+EARLIER_VALUES = {"prompt": "mask", "image_format": "png", "jpeg_quality": None, "relative_attention": None,
+                  "blur_radius": None, "crop_mass": None, "crop_padding": None, "crop_min_size": None}
 
 
 def independent_hash(config, **portable) -> str:

@@ -247,3 +247,45 @@ def test_lmms_eval_cli_masks_a_maps_dataset_when_it_reads_a_doc_as_the_materiali
             [visual] = fed[rows[i]["question"]]
             assert np.array_equal(visual, np.asarray(rows[i]["image"].convert("RGB"))), (task, i)
             assert not np.array_equal(visual, np.asarray(source[i]["image"].convert("RGB"))), (task, i)
+
+
+@pytest.mark.slow  # 1-2.5 min on a shared 2-core CPU, most of it lmms-eval starting (imports, task index)
+def test_lmms_eval_cli_shows_the_model_the_original_and_the_crop_of_a_crop_variant(tmp_path):
+    """A materialized crop variant: lmms-eval evaluates it, feeding the model two images per doc, original then crop."""
+    from datasets import load_dataset, load_from_disk
+
+    source_dir = save_mme_like(tmp_path / "mme_like")
+    source = load_from_disk(source_dir)
+    prompter = ImagePrompter("clip", model=DEMO_MODEL, layer_index=DEMO_MODEL_LAYER, prompt="crop", crop_mass=0.5,
+                             crop_min_size=0.2)
+    result = publish_variant(prompter, get_benchmark("mme").replace(dataset_id=source_dir), output_dir=tmp_path / "variant")
+    [(task, _)] = export_variants(tmp_path / "tasks", dataset_dir=tmp_path / "variant")
+    llava = make_local_llava(tmp_path / "llava")
+
+    limit = 2
+    driver = tmp_path / "fed_visuals.py"
+    driver.write_text(FED_VISUALS_DRIVER)
+    command = [
+        sys.executable, str(driver), "--model", "llava_hf", "--model_args", f"pretrained={llava},device=cpu,device_map=cpu",
+        "--tasks", task, "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "results"),
+        "--limit", str(limit),
+    ]
+    env = {**_offline_env(tmp_path), "API_FED_VISUALS": str(tmp_path / "fed")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    log = (done.stdout + done.stderr)[-6000:]
+    results_files = sorted((tmp_path / "results").glob("*/*_results.json"))
+    assert len(results_files) == 1, f"lmms-eval (exit {done.returncode}) wrote no results file:\n{log}"
+    results = json.loads(results_files[0].read_text())
+    assert list(results["results"]) == [task], log
+    assert 0 <= results["results"][task]["mme_perception_score,none"] <= 200
+    assert "OriginalAndCropDocToVisual('lmms_eval.tasks.mme.utils.mme_doc_to_visual'" in results["configs"][task]["doc_to_visual"]
+
+    rows = load_dataset(str(tmp_path / "variant"), result["config_name"], split="test")
+    fed = fed_visuals(tmp_path / "fed", task)
+    assert sorted(fed) == sorted(source["question"][:limit])
+    for i in range(limit):
+        original, crop = fed[rows[i]["question"]]
+        assert np.array_equal(original, np.asarray(source[i]["image"].convert("RGB"))), i
+        assert np.array_equal(crop, np.asarray(rows[i]["image"].convert("RGB"))), i
+        left, top, right, bottom = rows[i]["api_crop_box"]
+        assert np.array_equal(crop, original[top:bottom, left:right]), i

@@ -104,6 +104,22 @@ def test_predict_returns_the_page_outputs(scene, tmp_path):
     assert out["config"]["layer_index"] == DEMO_MODEL_LAYER and out["config"]["model"] == DEMO_MODEL
 
 
+@pytest.mark.parametrize("style, widgets, params", [
+    ("blur", [0.1, 0.5, 0.0, 0.5], {"blur_radius": 0.1}),
+    ("crop", [0.1, 0.5, 0.0, 0.5], {"crop_mass": 0.5, "crop_padding": 0.0, "crop_min_size": 0.5}),
+])
+def test_predict_offers_the_prompt_styles_with_their_own_parameters(scene, tmp_path, style, widgets, params):
+    """The page's style and its parameter widgets: only the chosen style's parameters reach the prompter."""
+    pytest.importorskip("gradio")
+    out = predict(PlaygroundPredictor(), tmp_path, *ui_values(scene), style, *widgets)
+    expected = reference(scene, SCENE_QUESTION, prompt=style, **params)
+    assert np.array_equal(np.asarray(out["masked_image"]), np.asarray(expected["masked_image"]))
+    assert out["config"]["prompt"] == style and all(out["config"][k] == v for k, v in params.items())
+    assert out["heatmap"].size == out["mask"].size == scene.size  # the input's size, whatever the crop's
+    if style == "crop":
+        assert out["masked_image"].size != scene.size
+
+
 def test_predict_reports_errors_as_gradio_errors(scene, tmp_path):
     predictor = PlaygroundPredictor()
     cases = [
@@ -128,6 +144,7 @@ def test_build_app_lays_out_the_page(monkeypatch, tmp_path):
     ids = {block.elem_id for block in app.blocks.values()}
     expected = {"input-image", "question", "submit", "examples", "backend", "model", "pretrained", "layer-index",
                 "enhance-coe", "kernel-size", "interpolation", "grayscale", "geometry",
+                "prompt", "blur-radius", "crop-mass", "crop-padding", "crop-min-size",
                 "heatmap", "mask", "masked-image", "download", "answer", "config"}
     assert expected <= ids
     with pytest.raises(ValueError, match="unknown backend"):

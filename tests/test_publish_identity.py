@@ -49,6 +49,15 @@ ONE_FIELD_CHANGES = [
     dict(grayscale=1),
     dict(geometry="aligned"),
     dict(prompt="crop"),
+    dict(prompt="blur"),
+    # each style's parameters, exactly (blur_radius 0.05 is blur's default, the same as dict(prompt="blur"))
+    dict(prompt="blur", blur_radius=0.050000001),
+    dict(prompt="blur", blur_radius=0.5),
+    dict(prompt="crop", crop_mass=0.70000001),
+    dict(prompt="crop", crop_padding=0.0),
+    dict(prompt="crop", crop_min_size=0.0),
+    dict(prompt="crop", crop_mass=0.1, crop_padding=0.7),  # values swapped between parameters
+    dict(prompt="crop", crop_mass=0.7, crop_padding=0.1, crop_min_size=0.1, geometry="aligned"),
     dict(pretrained="laion2b_s32b_b82k"),
     dict(pretrained=None),
     dict(model="ViT-B-16"),
@@ -107,7 +116,7 @@ def test_configs_differing_only_in_format_never_share_a_name(base):
     assert not re.search(r"-(png|jpeg|source)", names[0]), names[0]  # FORMATS[0]: PNG adds no part
     for config, name in zip(configs[1:], names[1:]):  # the others are spelled in the readable part, not only in a hash
         part = f"{config.image_format}{config.jpeg_quality}"  # before llava's t{tokens} and the hash
-        assert re.search(rf"-g0(-aligned-crop)?-{part}(-t20)?(-h[0-9a-f]{{8}})?$", name), name
+        assert re.search(rf"-g0(-aligned-crop-m0p7-p0p1-s0p25)?-{part}(-t20)?(-h[0-9a-f]{{8}})?$", name), name
 
 
 def test_open_clip_names_never_collide():

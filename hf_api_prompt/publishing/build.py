@@ -18,6 +18,7 @@ import numpy as np
 from .._version import __version__
 from ..backends.base import portable_config
 from ..prompter import ImagePrompter
+from ..prompts import writes_box
 from .benchmarks import Benchmark
 from .sources import Source
 from .variants import PREVIEW_DIR, VariantRecord, lmms_eval_task_name, maps_variant_name, variant_name
@@ -72,10 +73,13 @@ def build_variant(
         benchmark: supplies the split name, license, citation and lmms-eval task.
         mapped: :func:`rows_to_mask` of ``source`` after ``prompter`` ran over it.
         limit: the ``limit`` given to :func:`rows_to_mask` (recorded in the variant's source).
-        keep_original_image: keep the unmasked image as ``original_<image column>``.
+        keep_original_image: keep the unmasked image as ``original_<image column>``; always kept for a style
+            that crops (``prompt="crop"``: the model is shown the original and the crop), with the crop's box
+            (:data:`~hf_api_prompt.prompts.CROP_BOX_COLUMN`) among the extra columns.
         preview_rows: rows shown in the before/heatmap/after picture (0: none).
     """
     config = prompter.config
+    keep_original_image = keep_original_image or writes_box(config.prompt)
     image, masked, heatmap = config.image_column, config.masked_image_column, config.heatmap_column
     outputs = prompter.output_features()
     order = [c for c in mapped.column_names if c not in outputs]  # the source's columns, in its order

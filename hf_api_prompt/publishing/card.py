@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from .._version import __version__
+from ..config import PROMPT_PARAMETERS
 from ..encoding import describe as describe_format
 from .lmms_export import judge_note
 from .variants import VARIANTS_FILE, VariantIndex, VariantRecord, random_weights
@@ -78,8 +79,9 @@ def _row(record: VariantRecord) -> dict:
             other.append(f"{key}={prompter[key]}")
     if prompter.get("on_error") != "raise":
         other.append(f"on_error={prompter.get('on_error')}")
-    if prompter.get("prompt", "mask") != "mask":
-        other.append(f"prompt={prompter['prompt']}")
+    if config.prompt != "mask":
+        other.append(f"prompt={config.prompt}")
+        other += [f"{field}={getattr(config, field)!r}" for field in PROMPT_PARAMETERS.get(config.prompt, {})]
     row = {
         "name": record.config_name,
         "tag": record.tag,

@@ -27,6 +27,10 @@ and calls ``doc_to_visual`` with the doc alone, so the recipe can only travel in
 that lmms-eval imports: ``!function {task}.doc_to_visual`` is imported from the
 YAML's folder (``lmms_eval.utils.import_function`` tries the file first). The folder
 then needs hf_api_prompt installed as well as lmms-eval.
+
+A crop variant (``prompt="crop"``, materialized or a maps recipe) shows the model the
+original image and then the crop (:mod:`hf_api_prompt.lmms_visual`); a materialized one
+keeps its original image for that, and its task gets such a module too.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._version import __version__
 from ..config import PrompterConfig
+from ..prompts import writes_box
 from ..stages import OPEN_FIELDS, MapsPrompter
 from .benchmarks import available_benchmarks, get_benchmark, task_judge
 from .variants import VariantRecord, lmms_eval_task_name, variant_name
@@ -251,8 +256,18 @@ def dump_task_yaml(config: Dict[str, Any]) -> str:
     return yaml.dump(config, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1000)
 
 
-def visual_module(task: str, base_visual: str, recipe: PrompterConfig, record: VariantRecord) -> str:
-    """The source of ``{task}.py``: the ``doc_to_visual`` that masks the image by ``recipe`` before ``base_visual``."""
+def visual_module(task: str, base_visual: str, recipe: Optional[PrompterConfig], record: VariantRecord) -> str:
+    """The source of ``{task}.py``: the ``doc_to_visual`` that masks the image by ``recipe`` before ``base_visual``;
+    without a recipe (a materialized crop variant), the one that hands ``base_visual`` the original, then the crop."""
+    if recipe is None:
+        return (
+            f"{MODULE_MARK} {__version__} for lmms-eval task {task}; each export rewrites it.\n"
+            f'"""doc_to_visual of {task}: {base_visual} on the original image, then on the crop of variant '
+            f'{record.config_name}."""\n\n'
+            "from hf_api_prompt.lmms_visual import OriginalAndCropDocToVisual\n\n"
+            f"doc_to_visual = OriginalAndCropDocToVisual({base_visual!r}, {record.columns['image']!r}, "
+            f"{record.columns['original_image']!r})\n"
+        )
     return (
         f"{MODULE_MARK} {__version__} for lmms-eval task {task}; each export rewrites it.\n"
         f'"""doc_to_visual of {task}: {base_visual} on the doc with its image masked from the maps of variant '
@@ -263,8 +278,9 @@ def visual_module(task: str, base_visual: str, recipe: PrompterConfig, record: V
 
 
 def _recipe_text(recipe: PrompterConfig) -> str:
-    """The open fields of ``recipe`` that change the image: ``layer_index 22, enhance_coe 5.0, ...``."""
-    return ", ".join(f"{field} {getattr(recipe, field)}" for field in OPEN_FIELDS if not field.endswith("_column"))
+    """The open fields of ``recipe`` that change the image: ``layer_index 22, enhance_coe 5.0, ...`` (unset ones left out)."""
+    return ", ".join(f"{field} {getattr(recipe, field)}" for field in OPEN_FIELDS
+                     if not field.endswith("_column") and getattr(recipe, field) is not None)
 
 
 def export_lmms_eval(
@@ -313,15 +329,25 @@ def export_lmms_eval(
         "# Only dataset_path, dataset_name, dataset_kwargs.revision and the split differ from the base task.\n"
     )
     module = None
-    if recipe is not None:
+    crops = recipe is None and writes_box(record.config.prompt)
+    if crops and not record.columns.get("original_image"):
+        raise ValueError(f"crop variant {record.config_name!r} has no original image column, which lmms-eval is shown "
+                         "beside the crop: publish it again")
+    if recipe is not None or crops:
         base_visual = config.get("doc_to_visual")
         if not isinstance(base_visual, FunctionRef):
+            what = "a maps dataset" if recipe is not None else "a crop variant"
             raise ValueError(f"lmms-eval task {base!r} has doc_to_visual {base_visual!r}, not a function: "
-                             "a maps dataset needs one to hand the masked image to")
+                             f"{what} needs one to hand the images to")
         module = output / f"{config['task']}.py"
         if module.exists() and not module.read_text(encoding="utf-8", errors="replace").startswith(MODULE_MARK):
             raise FileExistsError(f"{module} exists and was not written by hf_api_prompt: move it away or export elsewhere")
         config["doc_to_visual"] = FunctionRef(f"{config['task']}.doc_to_visual")
+    if crops:
+        header += (f"# The model is shown two images per doc, the original ({record.columns['original_image']}) and "
+                   f"the crop ({record.columns['image']}): doc_to_visual is {module.name}, beside this file (needs "
+                   "hf_api_prompt).\n")
+    elif recipe is not None:
         header = (
             f"# Maps dataset {record.config_name} of {record.source.get('dataset')}, derived from lmms-eval task "
             f"{base!r} by hf_api_prompt {record.library_version}.\n"

@@ -16,6 +16,8 @@ Example:
     'clip-vit-l-14-336-l22-e2p5-k3-lanczos-g0-aligned-jpeg90'
     >>> variant_name(paper.replace(image_format="png"))  # PNG, as every variant before the format choice
     'clip-vit-l-14-336-l22-e5-k3-lanczos-g0'
+    >>> variant_name(paper.replace(prompt="blur", blur_radius=0.02))
+    'clip-vit-l-14-336-l22-e5-k3-lanczos-g0-blur-r0p02-source75'
     >>> variant_tag("clip-vit-l-14-336-l22-e5-k3-lanczos-g0", "0.1.0")
     'clip-vit-l-14-336-l22-e5-k3-lanczos-g0-v0.1.0'
 """
@@ -29,7 +31,7 @@ import os
 from typing import Any, Dict, List, Optional, Set
 
 from .._version import __version__
-from ..config import LATER_FIELDS, PrompterConfig
+from ..config import LATER_FIELDS, PROMPT_PARAMETERS, PrompterConfig, prompt_fields
 
 VARIANTS_FILE = "api_variants.json"
 PREVIEW_DIR = "previews"
@@ -107,7 +109,8 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     local weights by their folder name; clip's ``hf-hub:org/name`` as ``org-name``).
     ``pretrained`` appears unless it is the backend's default for its default model
     or the model id names the weights (``random`` for random weights); ``prompt`` unless it is
-    ``"mask"``; ``geometry``
+    ``"mask"``, followed by the style's parameters (``blur-r0p05``, ``crop-m0p7-p0p1-s0p25``: each
+    :func:`~hf_api_prompt.prompts.register_prompt` prefix and its exact value); ``geometry``
     unless it is ``"paper"``; ``format`` unless it is ``"png"`` (the stored images: ``jpeg75``,
     ``source75``, i.e. the ``image_format`` and its ``jpeg_quality``; PNG, lossless, is what every
     version stored before the choice existed). ``own`` are the backend's ``name_parts`` (llava:
@@ -160,10 +163,12 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     if config.prompt != LATER_FIELDS["prompt"]:
         parts.append(slug(config.prompt))
         exact &= lossless(config.prompt)
+        parts += [f"{prefix}{_number(getattr(config, field))}"
+                  for field, (_, prefix) in PROMPT_PARAMETERS.get(config.prompt, {}).items()]
     if config.image_format != LATER_FIELDS["image_format"]:
         parts.append(f"{config.image_format}{config.jpeg_quality}")
     parts += backend.name_parts(config)
-    readable = _READABLE | set(backend.name_fields)
+    readable = _READABLE | set(backend.name_fields) | set(prompt_fields())
     unspelled = {k: v for k, v in identity(config).items() if k not in readable and v != _FIELD_DEFAULTS[k]}
     if unspelled or not exact:
         parts.append("h" + config_hash(config))
