@@ -50,6 +50,14 @@ Scores, for one heatmap H (non-negative, ``[gh, gw]``) and the target box
 - mass: ``sum(H over inside cells) / sum(H)`` (a uniform map scores the box's
   share of the cells; an all-zero map counts as uniform).
 
+Crop (``prompt="crop"``, ViCrop's crop, at its defaults :data:`CROP_DEFAULTS`): each
+map, as a mask, goes through the prompt stage's own box rule
+(``hf_api_prompt.prompts.crop_box`` on the mask resized to pixels); ``crop:in`` is
+the share of scenes whose crop holds the whole target box, ``share`` the target's
+share of the crop's area, ``area`` the crop's share of the image (a crop of the
+whole image always holds the target, so ``crop:in`` is read with ``area``). The
+baselines' heatmaps go through the same rule.
+
 Baselines, scored as heatmaps by the same two functions (so exactly, as
 expectations, with no sampling): ``random cell`` (uniform map: every cell ties),
 ``center cell`` (the cells nearest the image centre tie: the central 2x2 of an
@@ -76,7 +84,11 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from PIL import Image
+
 from hf_api_prompt import ImagePrompter, masks
+from hf_api_prompt.config import PROMPT_PARAMETERS
+from hf_api_prompt.prompts import crop_box
 from hf_api_prompt.bundled import DEMO_MODEL, DEMO_MODEL_LAYER
 from hf_api_prompt.scenes import QUESTION_TYPES, Scene, make_scene, question_about
 
@@ -126,6 +138,30 @@ def mass_inside(heatmap: np.ndarray, inside: np.ndarray) -> float:
     return float(inside.mean()) if total == 0 else float(heatmap[inside].sum() / total)
 
 
+#: ``prompt="crop"``'s defaults (crop_mass, crop_padding, crop_min_size), the crop the table scores.
+CROP_DEFAULTS = {field: default for field, (default, _) in PROMPT_PARAMETERS["crop"].items()}
+
+
+def crop_scores(heatmap: np.ndarray, grid_box: Sequence[float], image_size: Tuple[int, int], box: Sequence[float],
+                crop: Dict[str, float] = CROP_DEFAULTS) -> Tuple[float, float, float]:
+    """``(contains, share, area)`` of the crop ``prompt="crop"`` makes from ``heatmap`` (a ``[gh, gw]`` mask in [0, 1]).
+
+    The mask goes to pixels as the prompt stage maps it (LANCZOS, the ``grid_box`` of
+    ``geometry="aligned"``), then :func:`hf_api_prompt.prompts.crop_box` with ``crop``'s
+    parameters. ``contains``: 1.0 when the crop holds the whole target ``box``; ``share``: the
+    target's share of the crop's area; ``area``: the crop's share of the image (a crop of the
+    whole image always contains the target: read ``contains`` with ``area``).
+    """
+    weights = masks.mask_to_pixels(masks.mask_to_uint8(np.asarray(heatmap, dtype=np.float32)), image_size,
+                                   Image.Resampling.LANCZOS, tuple(grid_box))
+    left, top, right, bottom = crop_box(np.asarray(weights), crop["crop_mass"], crop["crop_padding"], crop["crop_min_size"])
+    x0, y0, x1, y1 = box
+    contains = float(left <= x0 and top <= y0 and right >= x1 and bottom >= y1)
+    overlap = max(0.0, min(right, x1) - max(left, x0)) * max(0.0, min(bottom, y1) - max(top, y0))
+    area = (right - left) * (bottom - top)
+    return contains, overlap / area, area / (image_size[0] * image_size[1])
+
+
 def baseline_heatmaps(grid_shape, grid_box, image_size, object_boxes: Sequence[Sequence[float]]) -> Dict[str, List[np.ndarray]]:
     """Each baseline as one or more heatmaps (several = equally likely draws, scores averaged)."""
     gh, gw = grid_shape
@@ -146,6 +182,11 @@ def score(heatmaps: Sequence[np.ndarray], inside: np.ndarray) -> Tuple[float, fl
     """Mean (hit, mass) over equally likely heatmaps."""
     return (float(np.mean([pointing_hit(h, inside) for h in heatmaps])),
             float(np.mean([mass_inside(h, inside) for h in heatmaps])))
+
+
+def crop_score(heatmaps: Sequence[np.ndarray], grid_box, image_size, box) -> Tuple[float, float, float]:
+    """Mean :func:`crop_scores` over equally likely heatmaps (a baseline's heatmaps are in [0, 1], as masks)."""
+    return tuple(float(v) for v in np.mean([crop_scores(h, grid_box, image_size, box) for h in heatmaps], axis=0))
 
 
 def variant_maps(attention: torch.Tensor, tokens: torch.Tensor, kernel_size: int, enhance_coe: float = ENHANCE_COE) -> Dict[str, torch.Tensor]:
@@ -254,7 +295,7 @@ def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112)
     grid_boxes = [source.grid_box(s.image.size) for s in scenes]
     insides = [cells_inside(grid_shape, gb, s.image.size, s.target.box) for s, gb in zip(scenes, grid_boxes)]
     results: Dict[Tuple[int, str, object], Dict[str, list]] = {
-        (layer, name, kernel): {"hit": [], "mass": [], "control_hit": []}
+        (layer, name, kernel): {"hit": [], "mass": [], "control_hit": [], "crop_contains": [], "crop_share": [], "crop_area": []}
         for layer in layers for kernel in KERNEL_SIZES for name in source.names
     }
     for start in range(0, len(scenes), batch_size):
@@ -267,9 +308,13 @@ def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112)
                 for name in source.names:
                     entry = results[layer, name, kernel]
                     for i, inside in enumerate(insides[start:start + batch_size]):
-                        entry["hit"].append(pointing_hit(real_maps[name][i].numpy(), inside))
-                        entry["mass"].append(mass_inside(real_maps[name][i].numpy(), inside))
+                        heatmap, scene = real_maps[name][i].numpy(), batch[i]
+                        entry["hit"].append(pointing_hit(heatmap, inside))
+                        entry["mass"].append(mass_inside(heatmap, inside))
                         entry["control_hit"].append(pointing_hit(control_maps[name][i].numpy(), inside))
+                        crop = crop_scores(heatmap, grid_boxes[start + i], scene.image.size, scene.target.box)
+                        for key, value in zip(("crop_contains", "crop_share", "crop_area"), crop):
+                            entry[key].append(value)
         logger.info("scenes %d..%d done", start, start + len(batch) - 1)
 
     def summary(values: Dict[str, list]) -> dict:
@@ -280,13 +325,15 @@ def run(model: str, layers: Sequence[int], seeds: Sequence[int], size=(112, 112)
 
     rows = [{"layer_index": layer, "map": name, "kernel_size": kernel, **summary(values)}
             for (layer, name, kernel), values in results.items()]
-    baseline_values = {name: {"hit": [], "mass": []} for name in BASELINES}
+    baseline_values = {name: {"hit": [], "mass": [], "crop_contains": [], "crop_share": [], "crop_area": []}
+                       for name in BASELINES}
     for scene, grid_box, inside in zip(scenes, grid_boxes, insides):
         maps = baseline_heatmaps(inside.shape, grid_box, scene.image.size, [o.box for o in scene.objects])
         for name in BASELINES:
-            hit, mass = score(maps[name], inside)
-            baseline_values[name]["hit"].append(hit)
-            baseline_values[name]["mass"].append(mass)
+            values = baseline_values[name]
+            scores = score(maps[name], inside) + crop_score(maps[name], grid_box, scene.image.size, scene.target.box)
+            for key, value in zip(("hit", "mass", "crop_contains", "crop_share", "crop_area"), scores):
+                values[key].append(value)
     baselines = [{"baseline": name, **summary(values)} for name, values in baseline_values.items()]
     counts = {t: int((types == t).sum()) for t in QUESTION_TYPES}
     return {"rows": rows, "baselines": baselines, "n": len(scenes), "n_by_type": counts, "blocks": source.blocks,
@@ -301,18 +348,21 @@ def setting_name(row: dict, report: dict) -> str:
 
 
 def format_table(report: dict, paper_layer: int) -> str:
-    header = f"{'setting':<30} {'hit':>6} {'color':>6} {'shape':>6} {'where':>6} {'mass':>6} {'control':>8}"
+    header = (f"{'setting':<30} {'hit':>6} {'color':>6} {'shape':>6} {'where':>6} {'mass':>6} {'control':>8}"
+              f" {'crop:in':>8} {'share':>6} {'area':>6}")
     lines = [f"pointing game, {report['n']} held-out scenes (by type: " +
              ", ".join(f"{t} {n}" for t, n in report["n_by_type"].items()) + ")", header, "-" * len(header)]
     for row in report["rows"]:
         mark = "  <- product mask at the marked layer" if (row["map"], row["kernel_size"], row["layer_index"]) == (report["product"], 3, paper_layer) else ""
         by_type = " ".join(f"{row['hit_by_type'][t]:6.3f}" for t in QUESTION_TYPES)
         lines.append(f"{setting_name(row, report):<30} "
-                     f"{row['hit']:6.3f} {by_type} {row['mass']:6.3f} {row['control_hit']:8.3f}{mark}")
+                     f"{row['hit']:6.3f} {by_type} {row['mass']:6.3f} {row['control_hit']:8.3f}"
+                     f" {row['crop_contains']:8.3f} {row['crop_share']:6.3f} {row['crop_area']:6.3f}{mark}")
     lines.append("-" * len(header))
     for row in report["baselines"]:
         by_type = " ".join(f"{row['hit_by_type'][t]:6.3f}" for t in QUESTION_TYPES)
-        lines.append(f"{'baseline: ' + row['baseline']:<30} {row['hit']:6.3f} {by_type} {row['mass']:6.3f} {'':>8}")
+        lines.append(f"{'baseline: ' + row['baseline']:<30} {row['hit']:6.3f} {by_type} {row['mass']:6.3f} {'':>8}"
+                     f" {row['crop_contains']:8.3f} {row['crop_share']:6.3f} {row['crop_area']:6.3f}")
     best = max(report["rows"], key=lambda r: r["hit"])
     random_object = next(b for b in report["baselines"] if b["baseline"] == "random object")
     lines.append(f"best: {setting_name(best, report)} hit {best['hit']:.3f} = "

@@ -133,3 +133,22 @@ def test_generative_maps_generic_prefill_is_the_generation_prefill(tiny_llava):
         np.testing.assert_allclose(same[layer]["attention"].numpy(), same[layer]["generic"].numpy(), rtol=1e-5)
         assert not np.allclose(asked[layer]["attention"].numpy(), asked[layer]["generic"].numpy(), rtol=1e-2)
         assert set(source.variants(asked[layer], 1)) == {"attention", "relative"}
+
+
+def test_crop_scores_from_first_principles():
+    # A 4x4 grid over a 64x64 image: cell (r, c) covers pixels [16c, 16c + 16) x [16r, 16r + 16).
+    image, full = (64, 64), (0.0, 0.0, 4.0, 4.0)
+    uniform = np.ones(GRID, np.float32)
+    # No mass above the mean: the whole image, which holds any target; the share is the target's area over 64 * 64.
+    assert bench.crop_scores(uniform, full, image, (16, 16, 32, 32)) == (1.0, 256 / 4096, 1.0)
+    hot = np.zeros(GRID, np.float32)
+    hot[1, 1] = 1.0
+    contains, share, area = bench.crop_scores(hot, full, image, (16, 16, 32, 32))
+    assert contains == 1.0 and area < 0.25  # a crop about the hot cell, far smaller than the image
+    assert share == pytest.approx(256 / (area * 4096))  # the target lies wholly in it
+    contains, share, area = bench.crop_scores(hot, full, image, (40, 40, 56, 56))  # a target in cell (2.5, 2.5)
+    assert contains == 0.0 and share < 256 / (area * 4096)
+    # The minimum size: no crop is narrower than crop_min_size of the image.
+    assert area >= bench.CROP_DEFAULTS["crop_min_size"] ** 2
+    # Baselines go through the same rule, averaged over their draws.
+    assert bench.crop_score([uniform, hot], full, image, (16, 16, 32, 32))[0] == 1.0
