@@ -89,6 +89,27 @@ sys.exit(main())
 """
 
 
+def run_recording_lmms_eval(tmp_path: Path, llava: str, tasks, limit: int):
+    """lmms-eval's CLI on ``tasks`` (exported under ``tmp_path/tasks``) with :data:`FED_VISUALS_DRIVER`, offline.
+
+    The visuals each doc gives the model are recorded under ``tmp_path/fed`` (:func:`fed_visuals`).
+    Returns the results file's contents and the end of the CLI's output.
+    """
+    driver = tmp_path / "fed_visuals.py"
+    driver.write_text(FED_VISUALS_DRIVER)
+    command = [
+        sys.executable, str(driver), "--model", "llava_hf", "--model_args", f"pretrained={llava},device=cpu,device_map=cpu",
+        "--tasks", ",".join(tasks), "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "results"),
+        "--limit", str(limit),
+    ]
+    env = {**_offline_env(tmp_path), "API_FED_VISUALS": str(tmp_path / "fed")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    log = (done.stdout + done.stderr)[-6000:]
+    results_files = sorted((tmp_path / "results").glob("*/*_results.json"))
+    assert len(results_files) == 1, f"lmms-eval (exit {done.returncode}) wrote no results file:\n{log}"
+    return json.loads(results_files[0].read_text()), log
+
+
 def fed_visuals(folder: Path, task: str) -> dict:
     """What :data:`FED_VISUALS_DRIVER` saved for ``task``: ``{question: [image array, ...]}``."""
     fed = {}
@@ -219,19 +240,7 @@ def test_lmms_eval_cli_masks_a_maps_dataset_when_it_reads_a_doc_as_the_materiali
     llava = make_local_llava(tmp_path / "llava")
 
     limit = 4
-    driver = tmp_path / "fed_visuals.py"
-    driver.write_text(FED_VISUALS_DRIVER)
-    command = [
-        sys.executable, str(driver), "--model", "llava_hf", "--model_args", f"pretrained={llava},device=cpu,device_map=cpu",
-        "--tasks", ",".join(tasks), "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "results"),
-        "--limit", str(limit),
-    ]
-    env = {**_offline_env(tmp_path), "API_FED_VISUALS": str(tmp_path / "fed")}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    log = (done.stdout + done.stderr)[-6000:]
-    results_files = sorted((tmp_path / "results").glob("*/*_results.json"))
-    assert len(results_files) == 1, f"lmms-eval (exit {done.returncode}) wrote no results file:\n{log}"
-    results = json.loads(results_files[0].read_text())
+    results, log = run_recording_lmms_eval(tmp_path, llava, tasks, limit)
     assert sorted(results["results"]) == sorted(tasks), log
     for task in tasks:
         config = results["configs"][task]
@@ -263,19 +272,7 @@ def test_lmms_eval_cli_shows_the_model_the_original_and_the_crop_of_a_crop_varia
     llava = make_local_llava(tmp_path / "llava")
 
     limit = 2
-    driver = tmp_path / "fed_visuals.py"
-    driver.write_text(FED_VISUALS_DRIVER)
-    command = [
-        sys.executable, str(driver), "--model", "llava_hf", "--model_args", f"pretrained={llava},device=cpu,device_map=cpu",
-        "--tasks", task, "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "results"),
-        "--limit", str(limit),
-    ]
-    env = {**_offline_env(tmp_path), "API_FED_VISUALS": str(tmp_path / "fed")}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    log = (done.stdout + done.stderr)[-6000:]
-    results_files = sorted((tmp_path / "results").glob("*/*_results.json"))
-    assert len(results_files) == 1, f"lmms-eval (exit {done.returncode}) wrote no results file:\n{log}"
-    results = json.loads(results_files[0].read_text())
+    results, log = run_recording_lmms_eval(tmp_path, llava, [task], limit)
     assert list(results["results"]) == [task], log
     assert 0 <= results["results"][task]["mme_perception_score,none"] <= 200
     assert "OriginalAndCropDocToVisual('lmms_eval.tasks.mme.utils.mme_doc_to_visual'" in results["configs"][task]["doc_to_visual"]
