@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import numbers
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 from PIL import Image
 
@@ -22,13 +22,22 @@ GEOMETRIES = ("paper", "aligned")
 #: variant's identity, so the variants published before them keep their names.
 LATER_FIELDS = {"prompt": "mask", "image_format": "png", "jpeg_quality": None, "relative_attention": None,
                 "blur_radius": None, "crop_mass": None, "crop_padding": None, "crop_min_size": None}
+
+
+class StyleParameter(NamedTuple):
+    """A prompt style's parameter: its default, its prefix in variant names, and its range (``high`` included)."""
+
+    default: float
+    prefix: str
+    low: float = 0.0
+    high: float = math.inf
+    low_included: bool = True
+
+
 #: The parameter fields of each prompt style (filled by :func:`hf_api_prompt.prompts.register_prompt`):
-#: ``{style: {field: (default, name prefix)}}``. A style's fields take their default when it is selected
+#: ``{style: {field: StyleParameter}}``. A style's fields take their default when it is selected
 #: and left ``None``; the fields of the other styles must be ``None``.
-PROMPT_PARAMETERS: Dict[str, Dict[str, Tuple[Any, str]]] = {}
-#: The range of each built-in style parameter: ``(low, high, low included)``.
-_PARAMETER_RANGES = {"blur_radius": (0.0, math.inf, False), "crop_mass": (0.0, 1.0, False),
-                     "crop_padding": (0.0, math.inf, True), "crop_min_size": (0.0, 1.0, True)}
+PROMPT_PARAMETERS: Dict[str, Dict[str, StyleParameter]] = {}
 #: How a masked image is stored (:mod:`hf_api_prompt.encoding`): lossless PNG, JPEG, or the source's kind of format.
 IMAGE_FORMATS = ("png", "jpeg", "source")
 #: The authors' setting: their code saves every masked image with PIL's default JPEG quality.
@@ -209,11 +218,8 @@ class PrompterConfig:
                     raise ValueError(f"{field}={value!r} is a parameter of prompt style {owner!r}, not of "
                                      f"prompt={self.prompt!r}; leave it None")
                 continue
-            if value is None:
-                value = own[field][0]
-            if field in _PARAMETER_RANGES:
-                value = _finite_real(field, value, *_PARAMETER_RANGES[field])
-            set_(field, value)
+            spec = own[field]
+            set_(field, _finite_real(field, spec.default if value is None else value, spec.low, spec.high, spec.low_included))
         if self.on_error not in ERROR_POLICIES:
             raise ValueError(f"on_error must be one of {ERROR_POLICIES}, got {self.on_error!r}")
         # An output named like an input would overwrite it (answer_column="question"

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 #: PIL resampling filters offered for grid -> pixels (any ``Image.Resampling`` name works).
 #: The page's starting values of the prompt styles' parameters: each style's own default.
-STYLE_DEFAULTS = {field: default for parameters in PROMPT_PARAMETERS.values() for field, (default, _) in parameters.items()}
+STYLE_DEFAULTS = {field: spec.default for parameters in PROMPT_PARAMETERS.values() for field, spec in parameters.items()}
 INTERPOLATIONS = ("LANCZOS", "BICUBIC", "BILINEAR", "HAMMING", "BOX", "NEAREST")
 
 

@@ -64,13 +64,15 @@ PromptStyle = Callable[[Image.Image, np.ndarray, Optional[Box], PrompterConfig],
 _STYLES: Dict[str, PromptStyle] = {}
 
 
-def register_prompt(name: str, parameters: Optional[Dict[str, Tuple[Any, str]]] = None):
+def register_prompt(name: str, parameters: Optional[Dict[str, tuple]] = None):
     """Function decorator: make a prompt style available as ``ImagePrompter(..., prompt=name)``.
 
     The name is spelled in variant names (after the geometry), so it may not be a geometry's.
 
     Args:
-        parameters: the style's own config fields, ``{field: (default, name prefix)}``: each is a
+        parameters: the style's own config fields, ``{field: (default, name prefix[, low, high, low included])}``
+            (:class:`~hf_api_prompt.config.StyleParameter`; the value is a finite number in the range, by default
+            ``[0, inf)``): each is a
             :class:`~hf_api_prompt.PrompterConfig` field added later (:data:`~hf_api_prompt.config.LATER_FIELDS`,
             absent as ``None``) that no other style owns. A config of this style fills a field left ``None``
             with its default, a config of another style refuses it; the variant name spells it as
@@ -78,7 +80,7 @@ def register_prompt(name: str, parameters: Optional[Dict[str, Tuple[Any, str]]] 
     """
     if name in GEOMETRIES:
         raise ValueError(f"a prompt style cannot be named like a geometry ({name!r})")
-    parameters = dict(parameters or {})
+    parameters = {field: config_module.StyleParameter(*spec) for field, spec in (parameters or {}).items()}
     for field in parameters:
         if LATER_FIELDS.get(field, "absent") is not None:
             raise ValueError(f"prompt style {name!r}: parameter {field!r} is not a PrompterConfig field absent as None "
@@ -112,7 +114,7 @@ def soft_mask(image: Image.Image, grid_u8: np.ndarray, box: Optional[Box], confi
     return Prompted(masks.blend(image, weights, config.grayscale), weights)
 
 
-@register_prompt("blur", {"blur_radius": (0.05, "r")})
+@register_prompt("blur", {"blur_radius": (0.05, "r", 0.0, math.inf, False)})
 def blur(image: Image.Image, grid_u8: np.ndarray, box: Optional[Box], config: PrompterConfig) -> Prompted:
     """The soft mask of ``"mask"``, blended towards the image blurred instead of a flat gray (FGVP).
 
@@ -124,7 +126,8 @@ def blur(image: Image.Image, grid_u8: np.ndarray, box: Optional[Box], config: Pr
     return Prompted(masks.blend_towards(image, weights, blurred), weights)
 
 
-@register_prompt("crop", {"crop_mass": (0.7, "m"), "crop_padding": (0.1, "p"), "crop_min_size": (0.25, "s")})
+@register_prompt("crop", {"crop_mass": (0.7, "m", 0.0, 1.0, False), "crop_padding": (0.1, "p"),
+                          "crop_min_size": (0.25, "s", 0.0, 1.0)})
 def crop(image: Image.Image, grid_u8: np.ndarray, box: Optional[Box], config: PrompterConfig) -> Prompted:
     """The image cut to :func:`crop_box` of the soft mask of ``"mask"`` (ViCrop); ``Prompted.box`` is the box."""
     weights = masks.mask_to_pixels(grid_u8, image.size, Image.Resampling[config.interpolation], box)

@@ -139,7 +139,7 @@ def mass_inside(heatmap: np.ndarray, inside: np.ndarray) -> float:
 
 
 #: ``prompt="crop"``'s defaults (crop_mass, crop_padding, crop_min_size), the crop the table scores.
-CROP_DEFAULTS = {field: default for field, (default, _) in PROMPT_PARAMETERS["crop"].items()}
+CROP_DEFAULTS = {field: spec.default for field, spec in PROMPT_PARAMETERS["crop"].items()}
 
 
 def crop_scores(heatmap: np.ndarray, grid_box: Sequence[float], image_size: Tuple[int, int], box: Sequence[float],

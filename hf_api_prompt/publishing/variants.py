@@ -163,8 +163,8 @@ def variant_name(config: PrompterConfig, first_rows: Optional[int] = None) -> st
     if config.prompt != LATER_FIELDS["prompt"]:
         parts.append(slug(config.prompt))
         exact &= lossless(config.prompt)
-        parts += [f"{prefix}{_number(getattr(config, field))}"
-                  for field, (_, prefix) in PROMPT_PARAMETERS.get(config.prompt, {}).items()]
+        parts += [f"{spec.prefix}{_number(getattr(config, field))}"
+                  for field, spec in PROMPT_PARAMETERS.get(config.prompt, {}).items()]
     if config.image_format != LATER_FIELDS["image_format"]:
         parts.append(f"{config.image_format}{config.jpeg_quality}")
     parts += backend.name_parts(config)
