@@ -88,13 +88,9 @@ def transformers_source(model: str) -> Optional[str]:
     return str(directory)
 
 
-def _is_folder(source: str) -> bool:
-    return os.path.isdir(source)
-
-
 def _checkpoint_json(source: str, name: str) -> dict:
     """One JSON file of a transformers checkpoint (a folder, or fetched from the Hub)."""
-    if _is_folder(source):
+    if os.path.isdir(source):
         path = Path(source) / name
         if not path.is_file():
             raise FileNotFoundError(f"CLIP checkpoint {source} has no {name} (expected {path})")
@@ -137,7 +133,7 @@ def _converted_config(source: str) -> dict:
     """``{"model_cfg", "preprocess_cfg"}`` of the open_clip model equivalent to a transformers ``CLIPModel`` checkpoint."""
     from transformers import AutoConfig
 
-    if _is_folder(source) and not (Path(source) / "config.json").is_file():
+    if os.path.isdir(source) and not (Path(source) / "config.json").is_file():
         hint = " (it holds open_clip_config.json: name it 'local-dir:' + the path)" \
             if (Path(source) / "open_clip_config.json").is_file() else ""
         raise FileNotFoundError(f"CLIP checkpoint {source} has no config.json (expected {Path(source) / 'config.json'}){hint}")
@@ -367,7 +363,7 @@ class ClipBackend(Backend):
                 f"{config.model!r} is a transformers CLIP checkpoint, which holds its weights: "
                 f"pretrained must be None, got {config.pretrained!r}"
             )
-        if not _is_folder(source):
+        if not os.path.isdir(source):
             if config.layer_index < 0:
                 raise ValueError(f"layer_index must be >= 0, got {config.layer_index}")
             return config.replace(weights_sha256=None)  # checked against the config when the model loads
@@ -419,7 +415,7 @@ class ClipBackend(Backend):
         logger.info("loading CLIP %s (pretrained=%s) on %s as %s", config.model, config.pretrained, device, precision)
         source = transformers_source(config.model)
         if source is not None:
-            if not _is_folder(source):
+            if not os.path.isdir(source):
                 self._check_model(config)  # a Hub id's config is first read here
             self.model, self.preprocess, self.tokenizer = _load_transformers(source, precision, device)
             self._check_architecture()
